@@ -1,0 +1,26 @@
+# The CPU default: a small model on the built-in synthetic corpus (python prepare.py --dataset=synthetic).
+# A toy task that checks the machinery end to end in a few minutes on 2 CPU cores; it is not speech.
+out_dir = "out-synthetic"
+dataset = "synthetic"
+device = "cpu"
+dtype = "float32"
+compile = False
+
+block_size = 192
+batch_size = 32
+gradient_accumulation_steps = 1
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+qk_norm = True
+
+learning_rate = 3e-3
+max_iters = 400
+warmup_iters = 30
+lr_decay_iters = 400
+min_lr = 3e-4
+weight_decay = 0.1
+eval_interval = 100
+eval_iters = 10
+log_interval = 10

@@ -1,0 +1,403 @@
+"""
+The Dirt model: one decoder-only Transformer that reads the UTF-8 bytes of a text and then writes the Stable Codec
+tokens of its speech, in a single stream per utterance:
+
+    [text bytes ...] <soa> [audio tokens ...] <eoa> [<pad> ...]
+
+The token layout (defined here and nowhere else):
+    0 .. 46655          audio: a Stable Codec `1x46656_400bps` id is its own token id, so sampled ids go straight
+                        to the codec decoder with no offset arithmetic
+    46656 .. 46911      text: byte b is token TEXT_OFFSET + b (any UTF-8 text; no tokenizer to train or ship)
+    46912               SOA, start of audio
+    46913               EOA, end of audio (the one non-audio token the model may emit)
+    46914               PAD, fills batches; never attended to by real tokens, never a target
+    46915 .. 46975      unused: the table is padded to a multiple of 64 for fast matmuls
+
+The output head is factored along the codec's own structure. A Stable Codec id is six base-6 FSQ digits (one per
+latent dimension), so id = coarse * 216 + fine, where coarse = digits 3..5 and fine = digits 0..2. The model predicts
+P(id) = P(coarse) * P(fine | coarse) with two 216-way softmaxes (EOA is a 217th coarse class). By the chain rule this
+is the exact joint distribution over all 46656 ids, at 1/100 of a 46656-way head's cost: on a small model that head
+would be most of the FLOPs, of the decode-step bytes and of CPU training time.
+
+The block is a modern one (RMSNorm, RoPE, SwiGLU, optional QK-norm, grouped-query attention, no biases by default).
+The loss covers audio tokens and EOA only: predicting the text is not the task.
+Generation follows gpt-fast: a preallocated KV cache, one `prefill` over the prompt, then a small `decode_one_token`
+step that `torch.compile` can turn into a CUDA graph. This file has no I/O and no training logic.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # optional: only used for training-shaped (full causal) attention on CUDA in bf16/fp16
+    from flash_attn import flash_attn_func
+except ImportError:
+    flash_attn_func = None
+
+# --------------------------------------------------------------------------------------------------------------
+# token layout
+
+N_AUDIO = 46656
+TEXT_OFFSET = N_AUDIO
+SOA = TEXT_OFFSET + 256
+EOA = SOA + 1
+PAD = EOA + 1
+VOCAB_SIZE = (PAD + 1 + 63) // 64 * 64  # 46976
+N_FINE = 216  # FSQ digits 0..2 of an audio id
+N_COARSE = N_AUDIO // N_FINE  # 216: FSQ digits 3..5; coarse class N_COARSE means EOA
+
+
+def text_to_tokens(text):
+    """str (or UTF-8 bytes) -> LongTensor of text token ids."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    return torch.tensor(list(data), dtype=torch.long) + TEXT_OFFSET
+
+
+def make_prompt(text_tokens, audio_prefix=None):
+    """The conditioning stream: text, SOA, then (for a voice prompt) audio tokens to continue from."""
+    parts = [text_tokens.long(), torch.tensor([SOA])]
+    if audio_prefix is not None:
+        parts.append(audio_prefix.long())
+    return torch.cat(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest stream (text + audio) the model is trained on
+    vocab_size: int = VOCAB_SIZE
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 0  # grouped-query attention; 0 = same as n_head. Fewer KV heads = a smaller cache to read
+    n_embd: int = 768
+    mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * n_embd, rounded up to a multiple of 64
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    bias: bool = False
+    dropout: float = 0.0
+    tie_weights: bool = False  # an audio id's input vector = its coarse + fine output rows (no separate table)
+
+    def __post_init__(self):
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
+        assert self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head"
+        assert self.vocab_size >= PAD + 1, f"vocab_size must cover the token layout ({PAD + 1})"
+
+
+def rope_tables(head_dim, max_pos, theta):
+    """cos/sin tables [max_pos, head_dim/2] for rotary position embeddings."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, H, D]; cos/sin [B, T, D/2] (one position per row and step, so rows may sit at different offsets)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for generation: [B, n_kv_head, max_len, head_dim], written in place."""
+
+    def __init__(self, batch_size, max_len, n_kv_head, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos, k, v):
+        self.k[:, :, input_pos] = k
+        self.v[:, :, input_pos] = v
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.q_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.dropout = cfg.dropout
+        self.kv_cache = None
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+        )
+        q = apply_rope(self.q_norm(q.view(B, T, self.n_head, self.head_dim)), cos, sin)
+        k = apply_rope(self.k_norm(k.view(B, T, self.n_kv_head, self.head_dim)), cos, sin)
+        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        dropout = self.dropout if self.training else 0.0
+        if self.kv_cache is None and mask is None and flash_attn_func is not None and x.is_cuda and x.dtype in (
+            torch.float16,
+            torch.bfloat16,
+        ):
+            y = flash_attn_func(q, k, v, dropout_p=dropout, causal=True).view(B, T, -1)
+            return self.proj(y)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)
+        if mask is None:  # training: plain causal attention over the whole row
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = int(math.ceil(cfg.mlp_ratio * cfg.n_embd / 64) * 64)
+        self.gate_up = nn.Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.dropout(self.down(F.silu(gate) * up))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.n_embd)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.n_embd)
+        self.coarse_head = nn.Linear(cfg.n_embd, N_COARSE + 1, bias=False)  # + EOA
+        self.coarse_embed = nn.Embedding(N_COARSE, cfg.n_embd)  # tells the fine head which coarse class was chosen
+        self.fine_norm = nn.RMSNorm(cfg.n_embd)
+        self.fine_head = nn.Linear(cfg.n_embd, N_FINE, bias=False)
+        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if name.endswith("proj.weight") or name.endswith("down.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; by default without the token embedding (it costs no matmul FLOPs)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel() + self.coarse_embed.weight.numel()
+        return n
+
+    def embed(self, idx):
+        x = self.wte(idx)
+        if self.config.tie_weights:
+            a = idx.clamp(max=N_AUDIO - 1)
+            tied = self.coarse_head.weight[a // N_FINE] + self.fine_head.weight[a % N_FINE]
+            x = torch.where((idx < N_AUDIO)[..., None], tied.to(x.dtype), x)
+        return x
+
+    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None):
+        """
+        idx [B, T] token ids. targets [B, T] next-token ids with -1 where there is no loss (text, padding).
+        With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
+        Without: returns the final hidden states [B, T, n_embd]; coarse_logits / fine_logits turn them into
+        distributions. Generation also passes pos [B, T] (each row's own positions), mask [B, 1, T, S] (which cache
+        slots each query may see) and input_pos [T] (the cache slots written).
+        """
+        B, T = idx.shape
+        if pos is None:
+            assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
+            cos, sin = self.rope_cos[:T].expand(B, T, -1), self.rope_sin[:T].expand(B, T, -1)
+        else:
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        x = self.drop(self.embed(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, input_pos)
+        x = self.norm(x)
+        if targets is None:
+            return x
+        keep = targets >= 0
+        h, t = x[keep], targets[keep]
+        coarse = torch.where(t == EOA, N_COARSE, t // N_FINE)
+        loss = F.cross_entropy(self.coarse_logits(h), coarse, reduction="sum")
+        audio = t < N_AUDIO
+        loss = loss + F.cross_entropy(self.fine_logits(h[audio], coarse[audio]), t[audio] % N_FINE, reduction="sum")
+        return loss / max(1, len(t))
+
+    def coarse_logits(self, h):
+        """[..., n_embd] -> [..., 217] logits over FSQ digits 3..5 of the next id, and EOA (the last class)."""
+        return self.coarse_head(h).float()
+
+    def fine_logits(self, h, coarse):
+        """[..., n_embd] and the chosen coarse class [...] -> [..., 216] logits over FSQ digits 0..2."""
+        return self.fine_head(self.fine_norm(h + self.coarse_embed(coarse))).float()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # training helpers
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; matrices decay, norms/biases/embeddings do not (as in nanoGPT). Fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * d * T."""
+        cfg = self.config
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    def estimate_mfu(self, tokens_per_iter, seq_len, dt, peak_flops):
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (bf16 dense)."""
+        return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
+
+    # ----------------------------------------------------------------------------------------------------------
+    # generation (gpt-fast shape)
+
+    def setup_cache(self, batch_size, max_len, dtype=None, device=None):
+        """Allocate the KV cache once; generation then writes into it in place."""
+        assert max_len <= self.config.block_size, f"max_len {max_len} exceeds block_size {self.config.block_size}"
+        dtype = dtype or self.wte.weight.dtype
+        device = device or self.wte.weight.device
+        for block in self.blocks:
+            a = block.attn
+            a.kv_cache = KVCache(batch_size, max_len, a.n_kv_head, a.head_dim, dtype, device)
+
+    def clear_cache(self):
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                 decode_step=None):
+        """
+        Continue each prompt (a 1-D LongTensor from make_prompt) with audio tokens until it emits EOA or has
+        written max_new_tokens. Prompts of different lengths are left-padded into one batch: pads are masked out
+        and each row keeps its own RoPE positions, so a row's output is the same as when it is sampled alone.
+        Returns a list of 1-D LongTensors of audio ids (EOA not included).
+        decode_step: an optionally compiled `decode_one_token` (see sample.py).
+        """
+        device = self.wte.weight.device
+        B = len(prompts)
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        P = int(lengths.max())
+        total = P + max_new_tokens
+        assert total <= self.config.block_size, (
+            f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}"
+        )
+        pad = P - lengths  # left padding per row
+        idx = torch.full((B, P), PAD, dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            idx[i, pad[i]:] = p.to(device)
+        slots = torch.arange(total, device=device)
+        valid = slots[None, :] >= pad[:, None]  # [B, total]: which cache slots hold real tokens, per row
+        pos_all = (slots[None, :] - pad[:, None]).clamp(min=0)  # each row's own positions
+
+        self.setup_cache(B, total)
+        decode_step = decode_step or decode_one_token
+        try:
+            h = prefill(self, idx, pos_all[:, :P], valid, P)
+            out = torch.full((B, max_new_tokens), EOA, dtype=torch.long, device=device)
+            done = torch.zeros(B, dtype=torch.bool, device=device)
+            n = 0
+            for t in range(max_new_tokens):
+                token = sample_audio_token(self, h, temperature, top_k, top_p, generator)
+                token = torch.where(done, torch.full_like(token, EOA), token)
+                out[:, t] = token
+                done |= token == EOA
+                n = t + 1
+                if bool(done.all()) or t == max_new_tokens - 1:
+                    break
+                slot = P + t
+                h = decode_step(self, token[:, None], pos_all[:, slot:slot + 1],
+                                     valid, torch.tensor([slot], device=device))
+        finally:
+            self.clear_cache()
+        results = []
+        for row in out[:, :n]:
+            stop = (row == EOA).nonzero()
+            results.append(row[: int(stop[0])] if len(stop) else row)
+        return results
+
+
+def prefill(model, idx, pos, valid, P):
+    """Run the whole prompt once, filling the cache; returns the last position's hidden state [B, n_embd]."""
+    T = idx.shape[1]
+    causal = torch.ones(T, valid.shape[1], dtype=torch.bool, device=idx.device).tril()
+    own = torch.eye(T, valid.shape[1], dtype=torch.bool, device=idx.device)
+    # a pad query sees only itself: a query with no visible key would make NaNs that leak through the values
+    mask = (causal[None] & (valid[:, None, :] | own[None]))[:, None]  # [B, 1, T, S]
+    return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device))[:, -1]
+
+
+def decode_one_token(model, token, pos, valid, input_pos):
+    """One step: a single new token per row attends to every filled slot up to input_pos. Returns [B, n_embd]."""
+    slots = torch.arange(valid.shape[1], device=token.device)
+    mask = (valid & (slots[None, :] <= input_pos))[:, None, None, :]  # [B, 1, 1, S]
+    return model(token, pos=pos, mask=mask, input_pos=input_pos)[:, -1]
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Temperature, then top-k, then nucleus (top-p) filtering of [B, V] logits. temperature must be > 0."""
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set whose mass reaches top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return logits
+
+
+def pick(logits, temperature, top_k, top_p, generator):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_audio_token(model, h, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """
+    One next token per row from hidden states h [B, n_embd]: a coarse class (or EOA), then the fine digits given
+    it. Only audio ids 0..46655 or EOA can come out. temperature 0 = greedy; top-k / top-p apply to each stage.
+    """
+    coarse = pick(model.coarse_logits(h), temperature, top_k, top_p, generator)
+    eoa = coarse == N_COARSE
+    coarse = coarse.clamp(max=N_COARSE - 1)
+    fine = pick(model.fine_logits(h, coarse), temperature, top_k, top_p, generator)
+    return torch.where(eoa, torch.full_like(coarse, EOA), coarse * N_FINE + fine)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny synthetic corpus and a tiny trained run, made once per test session."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=192", "--batch_size=8", "--eval_iters=2",
+        "--log_interval=1", "--warmup_iters=5", "--lr_decay_iters=40", "--learning_rate=1e-2"]
+
+
+def run(script, *args, cwd, check=True, env=None):
+    """Run one of the repo's scripts as a user would; returns the CompletedProcess."""
+    cmd = [sys.executable, os.path.join(ROOT, script), *args] if script.endswith(".py") else [*script.split(), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small synthetic corpus in data/synthetic of a fresh working folder."""
+    work = tmp_path_factory.mktemp("work")
+    run("prepare.py", "--dataset=synthetic", "--n_train=600", "--n_val=40", cwd=work)
+    return work
+
+
+@pytest.fixture(scope="session")
+def trained(corpus):
+    """A tiny model trained for 40 iterations on the small corpus; returns (working folder, out_dir)."""
+    run("train.py", "config/train_synthetic.py".replace("config", os.path.join(ROOT, "config")), *TINY,
+        "--max_iters=40", "--eval_interval=20", "--out_dir=out-tiny", cwd=corpus)
+    return corpus, os.path.join(corpus, "out-tiny")

@@ -1,0 +1,136 @@
+"""model.py: shapes, causal masking, the KV cache, batching and sampling constraints."""
+
+import pytest
+import torch
+
+from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
+from model import decode_one_token, prefill, sample_audio_token, text_to_tokens
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    cfg = dict(block_size=64, n_layer=2, n_head=4, n_embd=32, qk_norm=True)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def stream(text, n_audio, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return make_prompt(text_to_tokens(text), torch.randint(0, N_AUDIO, (n_audio,), generator=g))
+
+
+def test_token_layout():
+    assert VOCAB_SIZE % 64 == 0 and VOCAB_SIZE > PAD
+    assert (TEXT_OFFSET, SOA, EOA) == (46656, 46912, 46913)
+    assert text_to_tokens("আ").tolist() == [TEXT_OFFSET + b for b in "আ".encode()]  # 3 bytes, one each
+    assert text_to_tokens("").numel() == 0
+
+
+def test_shapes_and_loss_only_on_targets():
+    model = tiny()
+    x = torch.randint(0, VOCAB_SIZE, (3, 20))
+    assert model(x).shape == (3, 20, 32)
+    y = torch.full((3, 20), -1)
+    y[:, 10:] = torch.randint(0, N_AUDIO, (3, 10))
+    y[:, -1] = EOA
+    loss = model(x, y)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    y2 = y.clone()
+    y2[:, :10] = 7  # a change where targets were masked changes the loss; masked positions never count
+    assert not torch.isclose(model(x, y2), loss)
+
+
+def test_factored_head_is_the_exact_joint_distribution():
+    model = tiny()
+    h = model(torch.randint(0, VOCAB_SIZE, (1, 5)))[0, -1:]
+    log_coarse = model.coarse_logits(h).log_softmax(-1)[0]  # [217]
+    fine = model.fine_logits(h.expand(N_COARSE, -1), torch.arange(N_COARSE)).log_softmax(-1)  # [216, 216]
+    joint = (log_coarse[:N_COARSE, None] + fine).flatten()  # log P(id) for id = coarse * 216 + fine
+    assert joint.shape == (N_AUDIO,)
+    torch.testing.assert_close(torch.cat([joint, log_coarse[-1:]]).logsumexp(0), torch.tensor(0.0), atol=1e-5,
+                               rtol=0)
+    # the training loss is -log P(target) under that same joint
+    x = torch.randint(0, VOCAB_SIZE, (1, 5))
+    h = model(x)[0]
+    targets = torch.tensor([12345, 46655, 0, EOA, 999])
+    expected = []
+    for i, t in enumerate(targets.tolist()):
+        lc = model.coarse_logits(h[i]).log_softmax(-1)
+        if t == EOA:
+            expected.append(-lc[N_COARSE])
+        else:
+            lf = model.fine_logits(h[i], torch.tensor(t // N_FINE)).log_softmax(-1)
+            expected.append(-(lc[t // N_FINE] + lf[t % N_FINE]))
+    torch.testing.assert_close(model(x, targets[None]), torch.stack(expected).mean())
+
+
+def test_causal_masking():
+    model = tiny()
+    x = torch.randint(0, VOCAB_SIZE, (1, 16))
+    x2 = x.clone()
+    x2[0, 10:] = (x2[0, 10:] + 1) % VOCAB_SIZE
+    a, b = model(x), model(x2)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"tie_weights": True, "qk_norm": False}])
+def test_kv_cache_matches_full_forward(kw):
+    model = tiny(**kw)
+    s = stream("hello", 12)[None]
+    full = model(s)
+    P = 8
+    model.setup_cache(1, s.shape[1])
+    valid = torch.ones(1, s.shape[1], dtype=torch.bool)
+    pos = torch.arange(s.shape[1])[None]
+    logits = [prefill(model, s[:, :P], pos[:, :P], valid, P)]
+    for t in range(P, s.shape[1]):
+        logits.append(decode_one_token(model, s[:, t:t + 1], pos[:, t:t + 1], valid, torch.tensor([t])))
+    model.clear_cache()
+    torch.testing.assert_close(torch.stack(logits, 1), full[:, P - 1:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.coarse_logits(torch.stack(logits, 1)), model.coarse_logits(full[:, P - 1:]),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_batched_greedy_equals_one_by_one():
+    model = tiny()
+    prompts = [make_prompt(text_to_tokens(t)) for t in ["a", "a longer text", "mid size"]]
+    batched = model.generate(prompts, 12, temperature=0)
+    alone = [model.generate([p], 12, temperature=0)[0] for p in prompts]
+    for a, b in zip(batched, alone):
+        assert torch.equal(a, b)
+
+
+def test_sampling_emits_only_audio_or_eoa():
+    model = tiny()
+    h = torch.randn(256, 32)
+    for kw in [dict(temperature=1.0), dict(temperature=0), dict(top_k=5), dict(top_p=0.9), dict(temperature=3.0)]:
+        tokens = sample_audio_token(model, h, **kw)
+        assert ((tokens >= 0) & (tokens < N_AUDIO) | (tokens == EOA)).all(), kw
+    with torch.no_grad():
+        model.coarse_head.weight[-1] = 10.0  # make EOA overwhelmingly likely for h = ones
+    assert (sample_audio_token(model, torch.ones(4, 32), temperature=1.0) == EOA).all()
+    out = tiny().generate([make_prompt(text_to_tokens("hi"))] * 4, 20, temperature=1.5)
+    assert all(((o >= 0) & (o < N_AUDIO)).all() for o in out)
+
+
+def test_top_k_one_is_greedy_and_top_p_keeps_the_head():
+    model = tiny()
+    h = torch.randn(8, 32)
+    greedy = sample_audio_token(model, h, temperature=0)
+    assert torch.equal(sample_audio_token(model, h, temperature=1.0, top_k=1), greedy)
+    assert torch.equal(sample_audio_token(model, h, temperature=1.0, top_p=1e-6), greedy)
+
+
+def test_generate_respects_block_size():
+    model = tiny()
+    with pytest.raises(AssertionError, match="block_size"):
+        model.generate([make_prompt(text_to_tokens("x" * 60))], 10)
+
+
+def test_param_count_and_mfu():
+    model = tiny()
+    n = model.get_num_params()
+    assert n == sum(p.numel() for p in model.parameters()) - model.wte.weight.numel() - 216 * 32
+    mfu = model.estimate_mfu(tokens_per_iter=1000, seq_len=64, dt=1.0, peak_flops=1e12)
+    assert mfu == pytest.approx(model.flops_per_token(64) * 1000 / 1e12)

@@ -1,0 +1,325 @@
+"""
+Train Dirt: text bytes -> Stable Codec tokens. nanoGPT's train.py, shaped for speech.
+
+One process (CPU or one GPU):
+    python prepare.py --dataset=synthetic
+    python train.py config/train_synthetic.py
+Override any setting below from the command line:
+    python train.py config/train_synthetic.py --max_iters=100 --batch_size=16
+Resume the run in out_dir exactly where it stopped (same data order, same loss curve):
+    python train.py config/train_synthetic.py --init_from=resume
+DDP on 4 GPUs of one node (gradient_accumulation_steps is the GLOBAL count, split across processes, so the global
+batch stays the same whatever the GPU count):
+    torchrun --standalone --nproc_per_node=4 train.py config/train_small.py
+Two nodes (run on each; the master's address and port must be reachable):
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
+DDP on CPU (gloo), e.g. to test the machinery:
+    torchrun --standalone --nproc_per_node=2 train.py config/train_synthetic.py --device=cpu
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data import CheckpointError, Shards, get_batch, length_sorted_rows, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config values: a ~120M model for real speech on one GPU (see config/ for recipes)
+# I/O
+out_dir = "out"
+eval_interval = 1000
+log_interval = 10
+eval_iters = 50
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # else only when val loss improves
+init_from = "scratch"  # 'scratch' or 'resume'
+# wandb logging (optional; pip install wandb)
+wandb_log = False
+wandb_project = "dirt"
+wandb_run_name = "run"
+# data
+dataset = "synthetic"
+data_dir = ""  # default: data/<dataset>
+gradient_accumulation_steps = 8  # global micro-steps per optimizer step, split across DDP processes
+batch_size = 16  # utterances per micro-step per process
+block_size = 1024  # longest stream (text + audio); longer utterances are skipped
+# model
+n_layer = 12
+n_head = 12
+n_kv_head = 0  # 0 = n_head
+n_embd = 768
+mlp_ratio = 8 / 3
+rope_theta = 10000.0
+qk_norm = True
+bias = False
+dropout = 0.0
+tie_weights = False
+# AdamW optimizer
+learning_rate = 6e-4
+max_iters = 100000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # 0 disables
+# learning rate schedule: linear warmup, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 100000
+min_lr = 6e-5
+# system
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+compile = True  # torch.compile the model
+backend = ""  # DDP backend; '' = nccl on CUDA, gloo on CPU
+peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = look up the GPU by name (unknown devices show no MFU)
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+config = {k: globals()[k] for k in config_keys}  # what the run used, saved in checkpoints and logs
+# -----------------------------------------------------------------------------
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+# distributed setup: torchrun sets RANK / LOCAL_RANK / WORLD_SIZE
+ddp = int(os.environ.get("RANK", -1)) != -1
+if ddp:
+    ddp_rank, ddp_local_rank, ddp_world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{ddp_local_rank}"
+        torch.cuda.set_device(device)
+    init_process_group(backend=backend or ("nccl" if device.startswith("cuda") else "gloo"))
+    master_process = ddp_rank == 0
+    if gradient_accumulation_steps % ddp_world_size:
+        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of the "
+             f"{ddp_world_size} processes")
+    gradient_accumulation_steps //= ddp_world_size
+else:
+    ddp_rank, ddp_world_size, master_process = 0, 1, True
+device_type = "cuda" if device.startswith("cuda") else "cpu"
+if device_type == "cuda" and not torch.cuda.is_available():
+    fail("device is cuda but no GPU is visible; pass --device=cpu")
+if dtype not in ("float32", "bfloat16", "float16"):
+    fail(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+autocast = nullcontext() if device_type == "cpu" else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+# data
+data_dir = data_dir or os.path.join("data", dataset)
+try:
+    train_data, val_data = Shards(data_dir, "train"), Shards(data_dir, "val")
+except (FileNotFoundError, ValueError) as e:
+    fail(f"{e}")
+splits = {}
+for split, shards in (("train", train_data), ("val", val_data)):
+    rows = length_sorted_rows(shards, block_size)
+    if len(rows) == 0:
+        fail(f"no {split} utterance of {data_dir} fits block_size={block_size}; raise block_size")
+    if master_process and len(rows) < len(shards):
+        print(f"{split}: skipping {len(shards) - len(rows)} of {len(shards)} utterances longer than block_size")
+    splits[split] = (shards, rows)
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size  # utterances, for the log
+if master_process:
+    print(f"each iteration: {tokens_per_iter} utterances ({gradient_accumulation_steps} micro-steps x "
+          f"{ddp_world_size} processes x {batch_size})")
+
+
+def batch(split, step, micro_step, rank=ddp_rank):
+    """
+    The batch is a pure function of (seed, step, micro-step, rank): resuming replays the same data order.
+    step=None gives the fixed evaluation batches.
+    """
+    shards, rows = splits[split]
+    stream = ["train", "val"].index(split) + (2 if step is None else 0)
+    rng = np.random.default_rng([seed, stream, step or 0, micro_step, rank])
+    x, y = get_batch(shards, rows, batch_size, rng)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    if device_type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x, y
+
+
+# model
+model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
+                  mlp_ratio=mlp_ratio, rope_theta=rope_theta, qk_norm=qk_norm, bias=bias, dropout=dropout,
+                  tie_weights=tie_weights)
+iter_num, best_val_loss, checkpoint = 0, 1e9, None
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+if init_from == "resume":
+    try:
+        checkpoint = load_checkpoint(ckpt_path)
+    except CheckpointError as e:
+        fail(str(e))
+    for k in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "qk_norm", "bias",
+              "tie_weights", "rope_theta"):  # the architecture comes from the checkpoint
+        model_args[k] = checkpoint["model_args"][k]
+    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    if master_process:
+        print(f"resuming from {ckpt_path} at iteration {iter_num}")
+elif init_from != "scratch":
+    fail(f"init_from must be 'scratch' or 'resume', not {init_from!r}")
+torch.manual_seed(seed)
+gptconf = GPTConfig(**model_args)
+model = GPT(gptconf)
+if checkpoint is not None:
+    model.load_state_dict(checkpoint["model"])
+model.to(device)
+if master_process:
+    print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without embedding)")
+scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint["optimizer"])
+checkpoint = None  # free memory
+
+raw_model = model
+if compile:
+    if master_process:
+        print("compiling the model... (takes a minute)")
+    model = torch.compile(model)
+if ddp:
+    # the only buffers are the RoPE tables, the same on every rank: nothing to broadcast
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
+
+if not peak_flops and device_type == "cuda":  # dense bf16 peaks, by GPU name
+    name = torch.cuda.get_device_name()
+    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12), ("L40", 181e12),
+                       ("A10", 125e12), ("L4", 121e12), ("3090", 71e12), ("V100", 125e12)):
+        if key in name:
+            peak_flops = flops
+            break
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters fixed batches per split (the same batches every time, so curves compare)."""
+    out = {}
+    net = model.module if ddp else model  # only rank 0 evaluates: no DDP collectives here
+    net.eval()
+    for split in ("train", "val"):
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            x, y = batch(split, None, k)
+            with autocast:
+                loss = net(x, y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    net.train()
+    return out
+
+
+def get_lr(it):
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def save(it):
+    save_checkpoint(ckpt_path, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "model_args": model_args, "iter_num": it, "best_val_loss": best_val_loss,
+                                "config": config})
+
+
+if wandb_log and master_process:
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True needs wandb: pip install wandb")
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+log_path = os.path.join(out_dir, "log.jsonl")  # one JSON line per logged iteration, for plots and tests
+if master_process and init_from == "scratch" and os.path.exists(log_path):
+    os.remove(log_path)
+
+# training loop
+t0 = time.time()
+local_iter_num = 0
+while True:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    if iter_num % eval_interval == 0 and master_process and (iter_num > 0 or eval_only):
+        losses = estimate_loss()
+        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}) + "\n")
+        if wandb_log:
+            wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+        if losses["val"] < best_val_loss or always_save_checkpoint:
+            best_val_loss = min(best_val_loss, losses["val"])
+            if iter_num > 0:
+                print(f"saving checkpoint to {out_dir}")
+                save(iter_num)
+    if eval_only or iter_num >= max_iters:
+        break
+
+    torch.manual_seed(seed + 100003 * iter_num + ddp_rank)  # dropout is replayed exactly on resume too
+    tokens = torch.zeros((), dtype=torch.long)
+    for micro_step in range(gradient_accumulation_steps):
+        x, y = batch("train", iter_num, micro_step)
+        tokens += x.numel()
+        if ddp:  # sync gradients only on the last micro-step
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        with autocast:
+            loss = model(x, y)
+            loss = loss / gradient_accumulation_steps
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    iter_num += 1
+    local_iter_num += 1
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0 and master_process:
+        lossf = loss.item() * gradient_accumulation_steps  # the last micro-step's loss
+        tok_s = tokens.item() * ddp_world_size / dt
+        mfu = ""
+        if peak_flops and local_iter_num > 2:
+            mfu = f", mfu {100 * raw_model.estimate_mfu(tok_s * dt, x.shape[1], dt, peak_flops):.1f}%"
+        print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms/iter, {tok_s:,.0f} tok/s{mfu}")
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tok_s}) + "\n")
+        if wandb_log:
+            wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_s": tok_s})
+
+if master_process and not eval_only:
+    losses = estimate_loss() if iter_num % eval_interval else None
+    if losses:
+        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}) + "\n")
+        best_val_loss = min(best_val_loss, losses["val"])
+    save(iter_num)
+    print(f"saved {ckpt_path} at iteration {iter_num}")
+if ddp:
+    destroy_process_group()
