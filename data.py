@@ -119,14 +119,17 @@ def length_sorted_rows(shards, max_len):
     return rows[np.argsort(lengths[rows], kind="stable")]
 
 
-def get_batch(shards, rows, batch_size, rng):
+def get_batch(shards, rows, batch_size, rng, text_dropout=0.0):
     """
     A batch of batch_size neighbours in `rows` (from length_sorted_rows) starting at a random place, so the batch's
     utterances have about the same length and padding wastes almost nothing. Padded to the longest.
+    text_dropout: the fraction of utterances whose text is removed, which teaches the model the unconditional
+    distribution that classifier-free guidance needs.
     x [B, T] inputs; y [B, T] next tokens, -1 where no loss is taken (text, SOA, padding).
     """
     picks = rows[(rng.integers(len(rows)) + np.arange(batch_size)) % len(rows)]
-    streams = [utterance_stream(*shards[i][:2]) for i in picks]
+    drop = rng.random(batch_size) < text_dropout
+    streams = [utterance_stream(b"" if d else shards[i][0], shards[i][1]) for i, d in zip(picks, drop)]
     T = max(len(s) for s in streams) - 1
     x = np.full((batch_size, T), PAD, dtype=np.int64)
     y = np.full((batch_size, T), -1, dtype=np.int64)
@@ -161,60 +164,68 @@ class SyntheticSpeech:
     speech tokens where it matters for a TTS model:
     - monotonic in the text: each byte lasts 1 to 3 frames (random per frame, speaker-dependent rates averaging
       1.55 to 2.0 frames per byte, i.e. 12 to 16 characters per second at 25 Hz);
-    - a frame's id depends on its byte, on the classes of the bytes before and after it (coarticulation, like a
-      triphone) and on whether it is the byte's onset or a hold, so the model must read ahead and keep time;
-    - each speaker maps every id its own way; ids are spread over the whole 0..46655 range by an affine bijection;
+    - a frame's id depends on its byte, on the class of the NEXT byte (coarticulation) and on whether it is the
+      byte's onset or a hold, so the model must read ahead in the text and keep time;
+    - structured like FSQ ids: the high digits (id // 216) say which sound, the low digits (id % 216) say how
+      (context, onset or hold, voice), and ids are spread over the whole 0..46655 range;
+    - each speaker changes every id in its own way: its own voice digits, and its own permutation of which high
+      digits stand for which byte;
     - `recognise` inverts it exactly: any token sequence -> (text, speaker per frame), which makes character error
       rate (CER) and speaker consistency the toy counterparts of ASR WER and speaker similarity.
     """
 
     n_speakers = 4
-    n_classes = 4  # class of a neighbour byte: vowel, other letter, space, anything else (incl. text edges)
+    n_classes = 4  # class of the next byte: vowel, other letter, space, anything else (incl. end of text)
     n_phases = 2  # onset frame, hold frame
     durations = (1, 2, 3)
     rates = ((0.50, 0.45, 0.05), (0.35, 0.55, 0.10), (0.30, 0.50, 0.20), (0.20, 0.60, 0.20))  # per speaker
-    scale, shift = 7919, 12345  # id = (scale * code + shift) mod 46656; scale is coprime with 46656 = 2^6 3^6
-    n_codes = 256 * n_classes * n_classes * n_phases * n_speakers  # 32768 of the 46656 ids are ever said
+    n_low = 216  # values of the low three FSQ digits
 
     def __init__(self):
-        self.unscale = pow(self.scale, -1, N_AUDIO)
-        cls = np.full(257, 3, dtype=np.int64)  # index 256 = beyond the text
+        cls = np.full(257, 3, dtype=np.int64)  # index 256 = end of text
         cls[list(b"aeiouAEIOU")] = 0
         cls[[b for b in range(256) if chr(b).isalpha() and b not in b"aeiouAEIOU" and b < 128]] = 1
         cls[ord(" ")] = 2
         self.byte_class = cls
+        self.sound = np.stack([np.random.default_rng(100 + s).permutation(256) for s in range(self.n_speakers)])
+        self.unsound = np.argsort(self.sound, axis=1)
 
     def sentence(self, rng):
-        words = [WORDS[i] for i in rng.integers(0, len(WORDS), size=int(rng.integers(3, 9)))]
+        words = [WORDS[i] for i in rng.integers(0, len(WORDS), size=int(rng.integers(2, 8)))]
         text = " ".join(words)
         return text[0].upper() + text[1:] + str(rng.choice([".", ".", ".", "?", "!"]))
+
+    def text(self, rng):
+        """One sentence or two: a model that has heard two in a row can continue a voice prompt or a chunk."""
+        return " ".join(self.sentence(rng) for _ in range(1 if rng.random() < 0.6 else 2))
 
     def speak(self, text, speaker, rng):
         """text bytes -> codec-like ids, one per 40 ms frame."""
         b = np.frombuffer(text, dtype=np.uint8).astype(np.int64)
-        prev = self.byte_class[np.concatenate([[256], b[:-1]])]
         nxt = self.byte_class[np.append(b[1:], 256)]
         dur = rng.choice(self.durations, size=len(b), p=self.rates[speaker])
-        byte = np.repeat(b, dur)
-        context = np.repeat(prev * self.n_classes + nxt, dur)
-        phase = np.ones(len(byte), dtype=np.int64)
+        sound = np.repeat(self.sound[speaker, b], dur)  # 0..255: high digits, plus one low bit past 215
+        context = np.repeat(nxt, dur)
+        phase = np.ones(len(sound), dtype=np.int64)
         phase[np.cumsum(dur) - dur] = 0
-        code = ((byte * self.n_classes ** 2 + context) * self.n_phases + phase) * self.n_speakers + speaker
-        return (self.scale * code + self.shift) % N_AUDIO
+        how = (((sound // self.n_low) * self.n_classes + context) * self.n_phases + phase) * self.n_speakers + speaker
+        return (sound % self.n_low) * self.n_low + 3 * how + 1  # 3x + 1 spreads the 64 used low values over 0..215
 
     def utterance(self, rng):
         speaker = int(rng.integers(self.n_speakers))
-        text = self.sentence(rng).encode()
+        text = self.text(rng).encode()
         return text, self.speak(text, speaker, rng), speaker
 
     def decode_frames(self, ids):
         """ids -> (byte, phase, speaker) per frame; all -1 for an id no speaker ever says."""
-        code = (np.asarray(ids, dtype=np.int64) - self.shift) * self.unscale % N_AUDIO
-        valid = code < self.n_codes
-        speaker = np.where(valid, code % self.n_speakers, -1)
-        phase = np.where(valid, code // self.n_speakers % self.n_phases, -1)
-        byte = np.where(valid, code // (self.n_speakers * self.n_phases * self.n_classes ** 2), -1)
-        return byte, phase, speaker
+        ids = np.asarray(ids, dtype=np.int64)
+        high, low = ids // self.n_low, ids % self.n_low - 1
+        how = low // 3
+        speaker, phase = how % self.n_speakers, how // self.n_speakers % self.n_phases
+        sound = how // (self.n_speakers * self.n_phases * self.n_classes) * self.n_low + high
+        valid = (low % 3 == 0) & (low >= 0) & (sound < 256)
+        byte = self.unsound[np.where(valid, speaker, 0), np.where(valid, sound, 0)]
+        return np.where(valid, byte, -1), np.where(valid, phase, -1), np.where(valid, speaker, -1)
 
     def recognise(self, ids):
         """

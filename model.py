@@ -194,7 +194,11 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.n_embd)
         self.coarse_head = nn.Linear(cfg.n_embd, N_COARSE + 1, bias=False)  # + EOA
-        self.coarse_embed = nn.Embedding(N_COARSE, cfg.n_embd)  # tells the fine head which coarse class was chosen
+        # FSQ-structured embeddings of an id's high and low digits: added to an audio token's own input vector (rare
+        # ids then share what their digits have in common), and the high digits tell the fine head which coarse
+        # class was chosen
+        self.coarse_embed = nn.Embedding(N_COARSE, cfg.n_embd)
+        self.fine_embed = nn.Embedding(N_FINE, cfg.n_embd)
         self.fine_norm = nn.RMSNorm(cfg.n_embd)
         self.fine_head = nn.Linear(cfg.n_embd, N_FINE, bias=False)
         cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
@@ -217,16 +221,19 @@ class GPT(nn.Module):
         """Parameter count; by default without the token embedding (it costs no matmul FLOPs)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.wte.weight.numel() + self.coarse_embed.weight.numel()
+            n -= self.wte.weight.numel() + self.coarse_embed.weight.numel() + self.fine_embed.weight.numel()
         return n
 
     def embed(self, idx):
+        """Token vectors; an audio id's also gets its digit embeddings (and, tied, its output rows for its own)."""
         x = self.wte(idx)
+        audio = (idx < N_AUDIO)[..., None]
+        a = idx.clamp(max=N_AUDIO - 1)
         if self.config.tie_weights:
-            a = idx.clamp(max=N_AUDIO - 1)
             tied = self.coarse_head.weight[a // N_FINE] + self.fine_head.weight[a % N_FINE]
-            x = torch.where((idx < N_AUDIO)[..., None], tied.to(x.dtype), x)
-        return x
+            x = torch.where(audio, tied.to(x.dtype), x)
+        digits = self.coarse_embed(a // N_FINE) + self.fine_embed(a % N_FINE)
+        return x + digits * audio
 
     def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None):
         """
@@ -302,55 +309,68 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 decode_step=None):
+                 uncond_prompts=None, cfg_scale=1.0, decode_step=None):
         """
         Continue each prompt (a 1-D LongTensor from make_prompt) with audio tokens until it emits EOA or has
-        written max_new_tokens. Prompts of different lengths are left-padded into one batch: pads are masked out
-        and each row keeps its own RoPE positions, so a row's output is the same as when it is sampled alone.
-        Returns a list of 1-D LongTensors of audio ids (EOA not included).
+        written max_new_tokens. Returns a list of 1-D LongTensors of audio ids (EOA not included).
+        See stream() for the arguments.
+        """
+        steps = list(self.stream(prompts, max_new_tokens, temperature, top_k, top_p, generator, uncond_prompts,
+                                 cfg_scale, decode_step))
+        out = torch.stack(steps, 1) if steps else torch.empty(len(prompts), 0, dtype=torch.long)
+        results = []
+        for row in out:
+            stop = (row == EOA).nonzero()
+            results.append(row[: int(stop[0])] if len(stop) else row)
+        return results
+
+    @torch.no_grad()
+    def stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+               uncond_prompts=None, cfg_scale=1.0, decode_step=None):
+        """
+        Yield the next token of every row ([B] LongTensor, EOA once a row is done) as soon as it is sampled.
+        Prompts of different lengths are left-padded into one batch: pads are masked out and each row keeps its own
+        RoPE positions, so a row's output is the same as when it is sampled alone.
+        Classifier-free guidance: uncond_prompts (the same prompts without their text) run in the same batch, and
+        logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
         decode_step: an optionally compiled `decode_one_token` (see sample.py).
         """
         device = self.wte.weight.device
         B = len(prompts)
-        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        guided = cfg_scale != 1.0
+        assert not guided or (uncond_prompts is not None and len(uncond_prompts) == B), "guidance needs uncond"
+        rows = list(prompts) + (list(uncond_prompts) if guided else [])
+        lengths = torch.tensor([len(p) for p in rows], device=device)
         P = int(lengths.max())
         total = P + max_new_tokens
         assert total <= self.config.block_size, (
             f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}"
         )
         pad = P - lengths  # left padding per row
-        idx = torch.full((B, P), PAD, dtype=torch.long, device=device)
-        for i, p in enumerate(prompts):
+        idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
+        for i, p in enumerate(rows):
             idx[i, pad[i]:] = p.to(device)
         slots = torch.arange(total, device=device)
-        valid = slots[None, :] >= pad[:, None]  # [B, total]: which cache slots hold real tokens, per row
+        valid = slots[None, :] >= pad[:, None]  # [rows, total]: which cache slots hold real tokens, per row
         pos_all = (slots[None, :] - pad[:, None]).clamp(min=0)  # each row's own positions
 
-        self.setup_cache(B, total)
+        self.setup_cache(len(rows), total)
         decode_step = decode_step or decode_one_token
         try:
             h = prefill(self, idx, pos_all[:, :P], valid, P)
-            out = torch.full((B, max_new_tokens), EOA, dtype=torch.long, device=device)
             done = torch.zeros(B, dtype=torch.bool, device=device)
-            n = 0
             for t in range(max_new_tokens):
-                token = sample_audio_token(self, h, temperature, top_k, top_p, generator)
+                token = sample_audio_token(self, h, temperature, top_k, top_p, generator, cfg_scale)
                 token = torch.where(done, torch.full_like(token, EOA), token)
-                out[:, t] = token
                 done |= token == EOA
-                n = t + 1
+                yield token
                 if bool(done.all()) or t == max_new_tokens - 1:
                     break
                 slot = P + t
-                h = decode_step(self, token[:, None], pos_all[:, slot:slot + 1],
-                                     valid, torch.tensor([slot], device=device))
+                feed = token.repeat(2) if guided else token
+                h = decode_step(self, feed[:, None], pos_all[:, slot:slot + 1], valid, torch.tensor([slot], device=device))
         finally:
             self.clear_cache()
-        results = []
-        for row in out[:, :n]:
-            stop = (row == EOA).nonzero()
-            results.append(row[: int(stop[0])] if len(stop) else row)
-        return results
 
 
 def prefill(model, idx, pos, valid, P):
@@ -391,13 +411,23 @@ def pick(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def sample_audio_token(model, h, temperature=1.0, top_k=None, top_p=None, generator=None):
+def sample_audio_token(model, h, temperature=1.0, top_k=None, top_p=None, generator=None, cfg_scale=1.0):
     """
     One next token per row from hidden states h [B, n_embd]: a coarse class (or EOA), then the fine digits given
     it. Only audio ids 0..46655 or EOA can come out. temperature 0 = greedy; top-k / top-p apply to each stage.
+    With cfg_scale != 1, h holds the conditional rows then the unconditional ones ([2B, n_embd]); both stages use
+    the guided logits uncond + cfg_scale * (cond - uncond), and B tokens come out.
     """
-    coarse = pick(model.coarse_logits(h), temperature, top_k, top_p, generator)
+
+    def guide(logits):
+        if cfg_scale == 1.0:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+
+    coarse = pick(guide(model.coarse_logits(h)), temperature, top_k, top_p, generator)
     eoa = coarse == N_COARSE
     coarse = coarse.clamp(max=N_COARSE - 1)
-    fine = pick(model.fine_logits(h, coarse), temperature, top_k, top_p, generator)
+    both = coarse.repeat(2) if cfg_scale != 1.0 else coarse
+    fine = pick(guide(model.fine_logits(h, both)), temperature, top_k, top_p, generator)
     return torch.where(eoa, torch.full_like(coarse, EOA), coarse * N_FINE + fine)

@@ -11,6 +11,7 @@ corpus, prints what its recogniser hears. Sampling: --temperature (0 = greedy), 
 """
 
 import os
+import re
 import sys
 import time
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from data import CheckpointError, SyntheticSpeech, load_checkpoint
-from model import GPT, GPTConfig, make_prompt, text_to_tokens
+from model import GPT, N_AUDIO, GPTConfig, make_prompt, text_to_tokens
 
 TOKENS_PER_SECOND = 25
 
@@ -63,30 +64,119 @@ def read_texts(text, text_file):
     return [text.strip().encode("utf-8")]
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?;:。！？।])\s+|\n+")
+
+
+def split_text(text, max_bytes):
+    """
+    Split UTF-8 text into chunks of at most max_bytes: whole sentences packed together where they fit, a longer
+    sentence at spaces, a longer word between characters (never inside one).
+    """
+    pieces = []
+    for sentence in SENTENCE_END.split(text.decode("utf-8")):
+        words = sentence.split()
+        while words:  # the longest run of words that fits
+            n = 1
+            while n < len(words) and len(" ".join(words[:n + 1]).encode()) <= max_bytes:
+                n += 1
+            piece, words = " ".join(words[:n]), words[n:]
+            while len(piece.encode()) > max_bytes:  # a single word longer than a chunk
+                cut = max_bytes
+                while len(piece[:cut].encode()) > max_bytes:
+                    cut -= 1
+                pieces.append(piece[:cut].encode())
+                piece = piece[cut:]
+            pieces.append(piece.encode())
+    chunks = []
+    for piece in pieces:
+        if chunks and len(chunks[-1]) + 1 + len(piece) <= max_bytes and chunks[-1][-1:] in b".!?;:":
+            chunks[-1] += b" " + piece  # sentences share a chunk; pieces of one sentence do not
+        else:
+            chunks.append(piece)
+    return chunks
+
+
 @torch.no_grad()
-def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0.0, seed=1337, batch_size=16):
+def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0.0, seed=1337, batch_size=16,
+               cfg_scale=1.0, voices=None, frames_per_byte=2.5):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
-    Texts are sampled batch_size at a time; each row stops at its own end-of-audio.
+
+    Texts are sampled batch_size at a time, each row stopping at its own end-of-audio. voices: None, or per text
+    None or (prompt text bytes, prompt audio ids): the model continues that recording, in its voice. Any length of
+    text works: it is split at sentence ends into chunks that fit the context (with room for frames_per_byte audio
+    tokens per byte), and each chunk is spoken as the continuation of the previous chunk (its text and audio as
+    the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly. max_seconds caps each
+    chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
     """
     block = model.config.block_size
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    prompts = [make_prompt(text_to_tokens(t)) for t in texts]
-    for t, p in zip(texts, prompts):
-        if len(p) >= block:
-            raise ValueError(f"text of {len(t)} bytes does not fit this model's block_size {block}; shorten it")
-    outputs = [None] * len(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(prompts[i]))  # similar lengths batch with less padding
+    voices = list(voices) if voices is not None else [None] * len(texts)
+    empty = np.zeros(0, dtype=np.int64)
+    carry = [(v[0], np.asarray(v[1], dtype=np.int64)) if v else (b"", empty) for v in voices]
+    # the previous chunk (or the voice prompt) and the current one share the context window
+    max_chunk = int((block - 2) / (2 * (1 + frames_per_byte)))
+    for text, audio in carry:
+        max_chunk = min(max_chunk, int((block - 2 - len(text) - len(audio)) / (1 + frames_per_byte)))
+    if max_chunk < 8:
+        raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
+                         f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
+    chunks = [split_text(t, max_chunk) for t in texts]
+    outputs = [[] for _ in texts]
+    order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        longest = max(len(prompts[i]) for i in rows)
-        max_new = min(int(max_seconds * TOKENS_PER_SECOND), block - longest)
-        audio = model.generate([prompts[i] for i in rows], max_new, temperature=temperature,
-                               top_k=top_k or None, top_p=top_p or None, generator=generator)
-        for i, a in zip(rows, audio):
-            outputs[i] = a.cpu().numpy()
-    return outputs
+        group = order[start:start + batch_size]
+        for k in range(max(len(chunks[i]) for i in group)):
+            active = [i for i in group if k < len(chunks[i])]
+            prompts, unconds = [], []
+            for i in active:
+                prev_text, prev_audio = carry[i]
+                text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
+                prompts.append(make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio)))
+                unconds.append(make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)))
+            longest = max(len(p) for p in prompts)
+            max_new = min(int(max_seconds * TOKENS_PER_SECOND), block - longest)
+            if max_new < 1:
+                raise ValueError(f"text does not fit this model's block_size {block}")
+            audio = model.generate(prompts, max_new, temperature=temperature, top_k=top_k or None,
+                                   top_p=top_p or None, generator=generator,
+                                   uncond_prompts=unconds if cfg_scale != 1.0 else None, cfg_scale=cfg_scale)
+            for i, a in zip(active, audio):
+                a = a.cpu().numpy()
+                outputs[i].append(a)
+                carry[i] = (chunks[i][k], a)
+    return [np.concatenate(o) if o else empty for o in outputs]
+
+
+def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
+    """The voice prompt as (text bytes, audio ids), from a recording (encoded by the codec) or saved ids."""
+    if not prompt_audio and not prompt_tokens:
+        if prompt_text:
+            raise ValueError("--prompt_text needs --prompt_audio=FILE (or --prompt_tokens=FILE.npy) to go with it")
+        return None
+    if prompt_audio and prompt_tokens:
+        raise ValueError("give either --prompt_audio or --prompt_tokens, not both")
+    if not prompt_text.strip():
+        raise ValueError("a voice prompt needs its transcript: add --prompt_text='the words spoken in it'")
+    if prompt_tokens:
+        try:
+            ids = np.load(prompt_tokens).astype(np.int64).reshape(-1)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read --prompt_tokens {prompt_tokens}: {e}") from None
+        if len(ids) == 0 or ids.min() < 0 or ids.max() >= N_AUDIO:
+            raise ValueError(f"--prompt_tokens {prompt_tokens} must hold Stable Codec ids 0..{N_AUDIO - 1}")
+        return prompt_text.strip().encode(), ids
+    import soundfile as sf
+
+    try:
+        wav, sr = sf.read(prompt_audio, dtype="float32")
+    except Exception as e:  # soundfile raises several types for missing, empty or corrupt files
+        raise ValueError(f"cannot read --prompt_audio {prompt_audio}: {str(e).splitlines()[0]}") from None
+    if len(wav) < 0.5 * sr:
+        raise ValueError(f"--prompt_audio {prompt_audio} is shorter than 0.5 s; use 3 to 10 s of clean speech")
+    tokens, lengths = codec_loader().encode([wav], [sr])
+    return prompt_text.strip().encode(), tokens[0, : int(lengths[0])].cpu().numpy()
 
 
 if __name__ == "__main__":
@@ -94,36 +184,70 @@ if __name__ == "__main__":
     out_dir = "out"  # the training run to sample from
     ckpt = ""  # default: <out_dir>/ckpt.pt
     text = ""
-    text_file = ""
+    text_file = ""  # one utterance per line, sampled in batches
     output_dir = "samples"
-    max_seconds = 30.0
+    max_seconds = 30.0  # per chunk of text
     temperature = 0.8
     top_k = 0  # 0 = off
     top_p = 0.0  # 0 = off
+    cfg_scale = 1.0  # classifier-free guidance; 1 = off (needs a model trained with text_dropout > 0)
+    prompt_audio = ""  # a recording whose voice to continue (needs the codec) ...
+    prompt_tokens = ""  # ... or its Stable Codec ids (.npy)
+    prompt_text = ""  # the prompt's transcript
     seed = 1337
     batch_size = 16
+    codec_config = "checkpoints/stable-codec/model_config.json"
+    codec_ckpt = "checkpoints/stable-codec/model.ckpt"  # '' = random weights (a test fixture, not speech)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # -----------------------------------------------------------------------------
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     # -----------------------------------------------------------------------------
-    if temperature < 0 or top_k < 0 or not 0 <= top_p <= 1 or max_seconds <= 0 or batch_size < 1:
-        fail("need temperature >= 0, top_k >= 0, 0 <= top_p <= 1, max_seconds > 0, batch_size >= 1")
+    if not (temperature >= 0 and top_k >= 0 and 0 <= top_p <= 1 and 0 < max_seconds <= 3600 and batch_size >= 1
+            and 0 < cfg_scale <= 20 and temperature <= 10):
+        fail("need 0 <= temperature <= 10, top_k >= 0, 0 <= top_p <= 1, 0 < max_seconds <= 3600, batch_size >= 1, "
+             "0 < cfg_scale <= 20")
+    codec = None
+
+    def codec_loader():
+        global codec
+        if codec is None:
+            from codec import Codec
+
+            codec = Codec(codec_config, codec_ckpt or None, device)
+        return codec
+
+    from codec import CodecUnavailable
+
     try:
         texts = read_texts(text, text_file)
+        voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
         model, checkpoint = load_model(ckpt or os.path.join(out_dir, "ckpt.pt"), device)
         t0 = time.time()
-        outputs = synthesize(model, texts, max_seconds, temperature, top_k, top_p, seed, batch_size)
-    except (ValueError, CheckpointError) as e:
+        outputs = synthesize(model, texts, max_seconds, temperature, top_k, top_p, seed, batch_size, cfg_scale,
+                             [voice] * len(texts))
+    except (ValueError, CheckpointError, CodecUnavailable) as e:
         fail(str(e))
     dt = time.time() - t0
     n_tokens = sum(len(o) for o in outputs)
     os.makedirs(output_dir, exist_ok=True)
     synthetic = checkpoint.get("config", {}).get("dataset") == "synthetic"
     recogniser = SyntheticSpeech() if synthetic else None
+    wavs = None
+    if not synthetic:  # a real-speech model: decode to 16 kHz audio
+        try:
+            c = codec_loader()
+            wavs = c.decode([torch.from_numpy(o) for o in outputs])
+        except CodecUnavailable as e:
+            print(f"note: wrote tokens only, no .wav: {e}")
     for i, (t, tokens) in enumerate(zip(texts, outputs)):
         path = os.path.join(output_dir, f"{i:03d}.npy")
         np.save(path, tokens.astype(np.int64))
         line = f"{path}: {len(tokens)} tokens ({len(tokens) / TOKENS_PER_SECOND:.2f} s)"
+        if wavs is not None:
+            import soundfile as sf
+
+            sf.write(path[:-4] + ".wav", wavs[i], 16000)
+            line += f", {path[:-4]}.wav"
         if recogniser:
             heard, speakers = recogniser.recognise(tokens)
             voices = sorted(set(speakers.tolist()) - {-1})

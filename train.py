@@ -53,6 +53,7 @@ data_dir = ""  # default: data/<dataset>
 gradient_accumulation_steps = 8  # global micro-steps per optimizer step, split across DDP processes
 batch_size = 16  # utterances per micro-step per process
 block_size = 1024  # longest stream (text + audio); longer utterances are skipped
+text_dropout = 0.1  # fraction of training utterances without their text: the unconditional model for guidance
 # model
 n_layer = 12
 n_head = 12
@@ -151,7 +152,7 @@ def batch(split, step, micro_step, rank=ddp_rank):
     shards, rows = splits[split]
     stream = ["train", "val"].index(split) + (2 if step is None else 0)
     rng = np.random.default_rng([seed, stream, step or 0, micro_step, rank])
-    x, y = get_batch(shards, rows, batch_size, rng)
+    x, y = get_batch(shards, rows, batch_size, rng, text_dropout if step is not None else 0.0)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     if device_type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)

@@ -6,8 +6,8 @@ device = "cpu"
 dtype = "float32"
 compile = False
 
-block_size = 192
-batch_size = 32
+block_size = 256
+batch_size = 16
 gradient_accumulation_steps = 1
 
 n_layer = 4
@@ -15,7 +15,7 @@ n_head = 4
 n_embd = 128
 qk_norm = True
 
-learning_rate = 3e-3
+learning_rate = 4e-3
 max_iters = 400
 warmup_iters = 30
 lr_decay_iters = 400

@@ -131,6 +131,6 @@ def test_generate_respects_block_size():
 def test_param_count_and_mfu():
     model = tiny()
     n = model.get_num_params()
-    assert n == sum(p.numel() for p in model.parameters()) - model.wte.weight.numel() - 216 * 32
+    assert n == sum(p.numel() for p in model.parameters()) - model.wte.weight.numel() - 2 * 216 * 32
     mfu = model.estimate_mfu(tokens_per_iter=1000, seq_len=64, dt=1.0, peak_flops=1e12)
     assert mfu == pytest.approx(model.flops_per_token(64) * 1000 / 1e12)
