@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data import CheckpointError, SyntheticSpeech, load_checkpoint
-from model import GPT, N_AUDIO, GPTConfig, make_prompt, text_to_tokens
+from model import EOA, GPT, N_AUDIO, GPTConfig, make_prompt, text_to_tokens
 
 TOKENS_PER_SECOND = 25
 
@@ -98,7 +98,7 @@ def split_text(text, max_bytes):
 
 @torch.no_grad()
 def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0.0, seed=1337, batch_size=16,
-               cfg_scale=1.0, voices=None, frames_per_byte=2.5):
+               cfg_scale=1.0, voices=None, frames_per_byte=2.5, on_token=None):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
 
@@ -108,7 +108,9 @@ def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0
     tokens per byte), and each chunk is spoken as the continuation of the previous chunk (its text and audio as
     the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly. max_seconds caps each
     chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
+    on_token: streaming (one text only): called with each audio id as soon as it is sampled.
     """
+    assert on_token is None or len(texts) == 1, "streaming takes one text"
     block = model.config.block_size
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -132,6 +134,10 @@ def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0
             prompts, unconds = [], []
             for i in active:
                 prev_text, prev_audio = carry[i]
+                need = len(prev_text) + 2 + len(chunks[i][k]) + len(prev_audio) + frames_per_byte * len(chunks[i][k])
+                if need > block:  # the previous chunk ran long (no end-of-audio in time): restart from the voice
+                    prev_text, prev_audio = voices[i] if voices[i] else (b"", empty)
+                    prev_audio = np.asarray(prev_audio, dtype=np.int64)
                 text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
                 prompts.append(make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio)))
                 unconds.append(make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)))
@@ -139,14 +145,53 @@ def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0
             max_new = min(int(max_seconds * TOKENS_PER_SECOND), block - longest)
             if max_new < 1:
                 raise ValueError(f"text does not fit this model's block_size {block}")
-            audio = model.generate(prompts, max_new, temperature=temperature, top_k=top_k or None,
-                                   top_p=top_p or None, generator=generator,
-                                   uncond_prompts=unconds if cfg_scale != 1.0 else None, cfg_scale=cfg_scale)
+            args = dict(temperature=temperature, top_k=top_k or None, top_p=top_p or None, generator=generator,
+                        uncond_prompts=unconds if cfg_scale != 1.0 else None, cfg_scale=cfg_scale)
+            if on_token is None:
+                audio = model.generate(prompts, max_new, **args)
+            else:  # streaming one text: hand each token on as soon as it is sampled
+                steps = []
+                for token in model.stream(prompts, max_new, **args):
+                    if int(token[0]) == EOA:
+                        break
+                    steps.append(int(token[0]))
+                    on_token(steps[-1])
+                audio = [torch.tensor(steps, dtype=torch.long)]
             for i, a in zip(active, audio):
                 a = a.cpu().numpy()
                 outputs[i].append(a)
                 carry[i] = (chunks[i][k], a)
     return [np.concatenate(o) if o else empty for o in outputs]
+
+
+class StreamingDecoder:
+    """
+    Turns a growing list of codec ids into audio as it grows. Every `hop` new tokens it decodes a window that
+    reaches `context` tokens back (the decoder's attention and convolutions see the same left context as in one
+    long decode, so borders are seamless) and holds back the last `lookahead` tokens, whose audio still depends on
+    tokens to come. write(samples) receives float32 audio at 16 kHz in order; flush() writes the rest.
+    """
+
+    def __init__(self, codec, write, hop=10, context=50, lookahead=4):
+        self.codec, self.write = codec, write
+        self.hop, self.context, self.lookahead = hop, context, lookahead
+        self.tokens, self.done = [], 0  # ids so far; ids whose audio has been written
+
+    def push(self, token):
+        self.tokens.append(token)
+        if len(self.tokens) - self.lookahead - self.done >= self.hop:
+            self._emit(len(self.tokens) - self.lookahead)
+
+    def flush(self):
+        if len(self.tokens) > self.done:
+            self._emit(len(self.tokens))
+
+    def _emit(self, upto):
+        start = max(0, self.done - self.context)
+        wav = self.codec.decode([np.array(self.tokens[start:], dtype=np.int64)])[0]
+        hop = len(wav) // (len(self.tokens) - start)  # samples per token (640 for Stable Codec)
+        self.write(wav[(self.done - start) * hop:(upto - start) * hop])
+        self.done = upto
 
 
 def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
@@ -194,6 +239,8 @@ if __name__ == "__main__":
     prompt_audio = ""  # a recording whose voice to continue (needs the codec) ...
     prompt_tokens = ""  # ... or its Stable Codec ids (.npy)
     prompt_text = ""  # the prompt's transcript
+    stream = False  # write audio as it is generated (one text): to output_dir/000.wav, or stdout with stream_to='-'
+    stream_to = ""  # '-' = raw 16 kHz 16-bit mono PCM on stdout (e.g. | aplay -r 16000 -f S16_LE -c 1)
     seed = 1337
     batch_size = 16
     codec_config = "checkpoints/stable-codec/model_config.json"
@@ -222,18 +269,59 @@ if __name__ == "__main__":
         texts = read_texts(text, text_file)
         voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
         model, checkpoint = load_model(ckpt or os.path.join(out_dir, "ckpt.pt"), device)
+        synthetic = checkpoint.get("config", {}).get("dataset") == "synthetic"
+        on_token, finish, first = None, None, []
+        if stream:
+            if len(texts) != 1:
+                raise ValueError("--stream speaks one text; give --text or a one-line --text_file")
+            if synthetic:  # no audio to stream: show what the recogniser hears, as it is generated
+                heard = []
+
+                def on_token(token):
+                    heard.append(token)
+                    if not first:
+                        first.append(time.time())
+                    text_so_far = SyntheticSpeech().recognise(heard)[0]
+                    print(f"\r{text_so_far}", end="", flush=True, file=sys.stderr)
+            else:
+                import soundfile as sf
+
+                os.makedirs(output_dir, exist_ok=True)
+                sink = sys.stdout.buffer if stream_to == "-" else sf.SoundFile(
+                    stream_to or os.path.join(output_dir, "000.wav"), "w", 16000, 1, "PCM_16")
+
+                def write(samples):
+                    if not first:
+                        first.append(time.time())
+                    if stream_to == "-":
+                        sink.write((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+                        sink.flush()
+                    else:
+                        sink.write(samples)
+
+                decoder = StreamingDecoder(codec_loader(), write)
+                on_token, finish = decoder.push, decoder.flush
         t0 = time.time()
         outputs = synthesize(model, texts, max_seconds, temperature, top_k, top_p, seed, batch_size, cfg_scale,
-                             [voice] * len(texts))
+                             [voice] * len(texts), on_token=on_token)
+        if finish:
+            finish()
+            if stream_to != "-":
+                sink.close()
     except (ValueError, CheckpointError, CodecUnavailable) as e:
         fail(str(e))
     dt = time.time() - t0
+    if stream:
+        print(file=sys.stderr)
+        ttfa = f"{(first[0] - t0) * 1000:.0f} ms" if first else "none"
+        print(f"streamed: time to first {'token' if synthetic else 'audio'} {ttfa}", file=sys.stderr)
+        if stream_to == "-":
+            sys.exit(0)
     n_tokens = sum(len(o) for o in outputs)
     os.makedirs(output_dir, exist_ok=True)
-    synthetic = checkpoint.get("config", {}).get("dataset") == "synthetic"
     recogniser = SyntheticSpeech() if synthetic else None
     wavs = None
-    if not synthetic:  # a real-speech model: decode to 16 kHz audio
+    if not synthetic and not stream:  # a real-speech model: decode to 16 kHz audio
         try:
             c = codec_loader()
             wavs = c.decode([torch.from_numpy(o) for o in outputs])
