@@ -166,10 +166,9 @@ class SyntheticSpeech:
       1.55 to 2.0 frames per byte, i.e. 12 to 16 characters per second at 25 Hz);
     - a frame's id depends on its byte, on the class of the NEXT byte (coarticulation) and on whether it is the
       byte's onset or a hold, so the model must read ahead in the text and keep time;
-    - structured like FSQ ids: the high digits (id // 216) say which sound, the low digits (id % 216) say how
-      (context, onset or hold, voice), and ids are spread over the whole 0..46655 range;
-    - each speaker changes every id in its own way: its own voice digits, and its own permutation of which high
-      digits stand for which byte;
+    - each speaker changes every id in its own way; ids are spread over the whole 0..46655 range by an affine
+      bijection, so neighbouring ids share nothing (the hard case for a model: no structure to lean on);
+    - utterances of one or two sentences, so a model learns to continue speech mid-text (voice prompts, chunks);
     - `recognise` inverts it exactly: any token sequence -> (text, speaker per frame), which makes character error
       rate (CER) and speaker consistency the toy counterparts of ASR WER and speaker similarity.
     """
@@ -179,16 +178,17 @@ class SyntheticSpeech:
     n_phases = 2  # onset frame, hold frame
     durations = (1, 2, 3)
     rates = ((0.50, 0.45, 0.05), (0.35, 0.55, 0.10), (0.30, 0.50, 0.20), (0.20, 0.60, 0.20))  # per speaker
-    n_low = 216  # values of the low three FSQ digits
+    scale, shift = 7919, 12345  # id = (scale * code + shift) mod 46656; scale is coprime with 46656 = 2^6 3^6
+    n_codes = 256 * n_classes * n_phases * n_speakers  # 8192 of the 46656 ids are ever said
 
-    def __init__(self):
+    def __init__(self, max_sentences=2):
+        self.max_sentences = max_sentences
+        self.unscale = pow(self.scale, -1, N_AUDIO)
         cls = np.full(257, 3, dtype=np.int64)  # index 256 = end of text
         cls[list(b"aeiouAEIOU")] = 0
         cls[[b for b in range(256) if chr(b).isalpha() and b not in b"aeiouAEIOU" and b < 128]] = 1
         cls[ord(" ")] = 2
         self.byte_class = cls
-        self.sound = np.stack([np.random.default_rng(100 + s).permutation(256) for s in range(self.n_speakers)])
-        self.unsound = np.argsort(self.sound, axis=1)
 
     def sentence(self, rng):
         words = [WORDS[i] for i in rng.integers(0, len(WORDS), size=int(rng.integers(2, 8)))]
@@ -196,20 +196,21 @@ class SyntheticSpeech:
         return text[0].upper() + text[1:] + str(rng.choice([".", ".", ".", "?", "!"]))
 
     def text(self, rng):
-        """One sentence or two: a model that has heard two in a row can continue a voice prompt or a chunk."""
-        return " ".join(self.sentence(rng) for _ in range(1 if rng.random() < 0.6 else 2))
+        """One sentence, or (40%) more: a model that has heard two in a row can continue a prompt or a chunk."""
+        n = 1 if self.max_sentences == 1 or rng.random() < 0.6 else int(rng.integers(2, self.max_sentences + 1))
+        return " ".join(self.sentence(rng) for _ in range(n))
 
     def speak(self, text, speaker, rng):
         """text bytes -> codec-like ids, one per 40 ms frame."""
         b = np.frombuffer(text, dtype=np.uint8).astype(np.int64)
         nxt = self.byte_class[np.append(b[1:], 256)]
         dur = rng.choice(self.durations, size=len(b), p=self.rates[speaker])
-        sound = np.repeat(self.sound[speaker, b], dur)  # 0..255: high digits, plus one low bit past 215
-        context = np.repeat(nxt, dur)
-        phase = np.ones(len(sound), dtype=np.int64)
+        byte = np.repeat(b, dur)
+        klass = np.repeat(nxt, dur)
+        phase = np.ones(len(byte), dtype=np.int64)
         phase[np.cumsum(dur) - dur] = 0
-        how = (((sound // self.n_low) * self.n_classes + context) * self.n_phases + phase) * self.n_speakers + speaker
-        return (sound % self.n_low) * self.n_low + 3 * how + 1  # 3x + 1 spreads the 64 used low values over 0..215
+        code = ((byte * self.n_classes + klass) * self.n_phases + phase) * self.n_speakers + speaker
+        return (self.scale * code + self.shift) % N_AUDIO
 
     def utterance(self, rng):
         speaker = int(rng.integers(self.n_speakers))
@@ -218,14 +219,12 @@ class SyntheticSpeech:
 
     def decode_frames(self, ids):
         """ids -> (byte, phase, speaker) per frame; all -1 for an id no speaker ever says."""
-        ids = np.asarray(ids, dtype=np.int64)
-        high, low = ids // self.n_low, ids % self.n_low - 1
-        how = low // 3
-        speaker, phase = how % self.n_speakers, how // self.n_speakers % self.n_phases
-        sound = how // (self.n_speakers * self.n_phases * self.n_classes) * self.n_low + high
-        valid = (low % 3 == 0) & (low >= 0) & (sound < 256)
-        byte = self.unsound[np.where(valid, speaker, 0), np.where(valid, sound, 0)]
-        return np.where(valid, byte, -1), np.where(valid, phase, -1), np.where(valid, speaker, -1)
+        code = (np.asarray(ids, dtype=np.int64) - self.shift) * self.unscale % N_AUDIO
+        valid = code < self.n_codes
+        speaker = np.where(valid, code % self.n_speakers, -1)
+        phase = np.where(valid, code // self.n_speakers % self.n_phases, -1)
+        byte = np.where(valid, code // (self.n_speakers * self.n_phases * self.n_classes), -1)
+        return byte, phase, speaker
 
     def recognise(self, ids):
         """
@@ -245,9 +244,9 @@ class SyntheticSpeech:
         return out.decode("utf-8", errors="replace"), speaker
 
 
-def synthetic_corpus(seed, n_train, n_val):
+def synthetic_corpus(seed, n_train, n_val, max_sentences=2):
     """Deterministic from seed: (train utterances, val utterances, speaker names)."""
-    corpus = SyntheticSpeech()
+    corpus = SyntheticSpeech(max_sentences)
     rng = np.random.default_rng(seed)
     train = [corpus.utterance(rng) for _ in range(n_train)]
     val = [corpus.utterance(rng) for _ in range(n_val)]

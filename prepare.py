@@ -57,6 +57,7 @@ out_dir = ""  # default: data/<dataset>
 seed = 1337
 n_train = 20000  # synthetic: utterances in the train split
 n_val = 500  # synthetic: utterances in the val split
+max_sentences = 2  # synthetic: sentences per utterance, at most
 # real speech corpora
 input = ""  # a folder (ljspeech, libritts) or a .jsonl manifest
 format = "auto"  # auto, ljspeech, libritts or jsonl
@@ -86,7 +87,7 @@ t0 = time.time()
 if dataset == "synthetic" and not input:
     if n_train < 1 or n_val < 1:
         fail("--n_train and --n_val must be at least 1")
-    train, val, speakers = synthetic_corpus(seed, n_train, n_val)
+    train, val, speakers = synthetic_corpus(seed, n_train, n_val, max_sentences)
     stats = {"train": write_split(out_dir, "train", train), "val": write_split(out_dir, "val", val)}
     write_meta(out_dir, {"dataset": "synthetic", "seed": seed, "speakers": speakers, "splits": stats})
     for split, s in stats.items():

@@ -31,7 +31,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import CheckpointError, Shards, get_batch, length_sorted_rows, load_checkpoint, save_checkpoint
-from model import GPT, GPTConfig
+from model import GPT, PAD, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default config values: a ~120M model for real speech on one GPU (see config/ for recipes)
@@ -138,9 +138,9 @@ for split, shards in (("train", train_data), ("val", val_data)):
     if master_process and len(rows) < len(shards):
         print(f"{split}: skipping {len(shards) - len(rows)} of {len(shards)} utterances longer than block_size")
     splits[split] = (shards, rows)
-tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size  # utterances, for the log
+utterances_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size
 if master_process:
-    print(f"each iteration: {tokens_per_iter} utterances ({gradient_accumulation_steps} micro-steps x "
+    print(f"each iteration: {utterances_per_iter} utterances ({gradient_accumulation_steps} micro-steps x "
           f"{ddp_world_size} processes x {batch_size})")
 
 
@@ -158,6 +158,11 @@ def batch(split, step, micro_step, rank=ddp_rank):
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x, y
 
+
+if master_process:  # length-bucketed batches: how much of each row is padding
+    sample = [batch("train", 10**6 + k, 0) for k in range(20)]
+    padded = sum(int((x == PAD).sum()) for x, _ in sample) / sum(x.numel() for x, _ in sample)
+    print(f"padding: {100 * padded:.1f}% of the positions in a batch")
 
 # model
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,

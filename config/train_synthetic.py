@@ -6,21 +6,22 @@ device = "cpu"
 dtype = "float32"
 compile = False
 
-block_size = 256
-batch_size = 16
+block_size = 256  # the longest two-sentence utterance is ~270 tokens; a handful are skipped
+batch_size = 32
 gradient_accumulation_steps = 1
+text_dropout = 0.1  # for classifier-free guidance
 
 n_layer = 4
 n_head = 4
 n_embd = 128
 qk_norm = True
 
-learning_rate = 4e-3
-max_iters = 400
+learning_rate = 3e-3
+max_iters = 1200
 warmup_iters = 30
-lr_decay_iters = 400
+lr_decay_iters = 1200
 min_lr = 3e-4
 weight_decay = 0.1
-eval_interval = 100
+eval_interval = 300
 eval_iters = 10
-log_interval = 10
+log_interval = 20
