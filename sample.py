@@ -241,6 +241,8 @@ if __name__ == "__main__":
     prompt_text = ""  # the prompt's transcript
     stream = False  # write audio as it is generated (one text): to output_dir/000.wav, or stdout with stream_to='-'
     stream_to = ""  # '-' = raw 16 kHz 16-bit mono PCM on stdout (e.g. | aplay -r 16000 -f S16_LE -c 1)
+    audio = "auto"  # write .wav through the codec: auto = for real-speech models, yes = always, no = never
+    plot = False  # also write a spectrogram PNG of each .wav
     seed = 1337
     batch_size = 16
     codec_config = "checkpoints/stable-codec/model_config.json"
@@ -250,9 +252,9 @@ if __name__ == "__main__":
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     # -----------------------------------------------------------------------------
     if not (temperature >= 0 and top_k >= 0 and 0 <= top_p <= 1 and 0 < max_seconds <= 3600 and batch_size >= 1
-            and 0 < cfg_scale <= 20 and temperature <= 10):
+            and 0 < cfg_scale <= 20 and temperature <= 10 and audio in ("auto", "yes", "no")):
         fail("need 0 <= temperature <= 10, top_k >= 0, 0 <= top_p <= 1, 0 < max_seconds <= 3600, batch_size >= 1, "
-             "0 < cfg_scale <= 20")
+             "0 < cfg_scale <= 20, audio in auto|yes|no")
     codec = None
 
     def codec_loader():
@@ -321,12 +323,15 @@ if __name__ == "__main__":
     os.makedirs(output_dir, exist_ok=True)
     recogniser = SyntheticSpeech() if synthetic else None
     wavs = None
-    if not synthetic and not stream:  # a real-speech model: decode to 16 kHz audio
+    if not stream and (audio == "yes" or (audio == "auto" and not synthetic)):  # decode to 16 kHz audio
         try:
-            c = codec_loader()
-            wavs = c.decode([torch.from_numpy(o) for o in outputs])
+            wavs = codec_loader().decode([torch.from_numpy(o) for o in outputs])
         except CodecUnavailable as e:
+            if audio == "yes":
+                fail(str(e))
             print(f"note: wrote tokens only, no .wav: {e}")
+    if plot and wavs is None and not stream:
+        print("note: --plot draws the audio: nothing to draw without a codec (see --audio)")
     for i, (t, tokens) in enumerate(zip(texts, outputs)):
         path = os.path.join(output_dir, f"{i:03d}.npy")
         np.save(path, tokens.astype(np.int64))
@@ -336,6 +341,12 @@ if __name__ == "__main__":
 
             sf.write(path[:-4] + ".wav", wavs[i], 16000)
             line += f", {path[:-4]}.wav"
+            if plot:
+                from speech_metrics import plot_spectrogram
+
+                title = t.decode("utf-8")
+                plot_spectrogram(wavs[i], 16000, path[:-4] + ".png", title if len(title) < 80 else title[:77] + "...")
+                line += f", {path[:-4]}.png"
         if recogniser:
             heard, speakers = recogniser.recognise(tokens)
             voices = sorted(set(speakers.tolist()) - {-1})

@@ -83,3 +83,19 @@ def test_sample_cli_prompt_stream_and_errors(trained, tmp_path):
         extra = [] if any(a.startswith("--text_file") for a in args) else ["--text=hi"]
         proc = run("sample.py", f"--out_dir={out_dir}", *extra, *args, cwd=work, check=False)
         assert proc.returncode == 1 and needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_sample_writes_wav_and_a_readable_spectrogram(trained, tmp_path):
+    if importlib.util.find_spec("stable_codec") is None or importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("needs the codec and matplotlib: bash setup.sh")
+    import soundfile as sf
+
+    work, out_dir = trained
+    fixture = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
+    run("sample.py", f"--out_dir={out_dir}", "--text=Call me tomorrow.", "--audio=yes", "--plot=True",
+        f"--codec_config={fixture}", "--codec_ckpt=", "--max_seconds=2", f"--output_dir={tmp_path}", cwd=work)
+    tokens = np.load(tmp_path / "000.npy")
+    wav, sr = sf.read(tmp_path / "000.wav")
+    assert sr == 16000 and len(wav) == 640 * len(tokens)
+    png = (tmp_path / "000.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000  # a drawn spectrogram, not an empty canvas
