@@ -78,6 +78,10 @@ class GPTConfig:
     n_embd: int = 768
     mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * n_embd, rounded up to a multiple of 64
     rope_theta: float = 10000.0
+    # RoPE position step per audio token after SOA. Near the bytes spoken per frame (~0.55 for English at 25 Hz), an
+    # audio frame sits at about the position of the text it speaks: a monotonic-alignment prior that attention gets
+    # for free. 1.0 = plain consecutive positions.
+    audio_pos_rate: float = 1.0
     qk_norm: bool = False
     bias: bool = False
     dropout: float = 0.0
@@ -91,11 +95,10 @@ class GPTConfig:
         assert self.vocab_size >= PAD + 1, f"vocab_size must cover the token layout ({PAD + 1})"
 
 
-def rope_tables(head_dim, max_pos, theta):
-    """cos/sin tables [max_pos, head_dim/2] for rotary position embeddings."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+def stream_positions(offset, soa_at, rate):
+    """RoPE positions: offset within the stream up to its SOA, then rate per audio token (offset, soa_at: tensors)."""
+    offset = offset.float()
+    return torch.where(offset > soa_at, soa_at + (offset - soa_at) * rate, offset).clamp(min=0)
 
 
 def apply_rope(x, cos, sin):
@@ -201,9 +204,9 @@ class GPT(nn.Module):
         self.fine_embed = nn.Embedding(N_FINE, cfg.n_embd)
         self.fine_norm = nn.RMSNorm(cfg.n_embd)
         self.fine_head = nn.Linear(cfg.n_embd, N_FINE, bias=False)
-        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        head_dim = cfg.n_embd // cfg.n_head
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if name.endswith("proj.weight") or name.endswith("down.weight"):
@@ -244,11 +247,13 @@ class GPT(nn.Module):
         slots each query may see) and input_pos [T] (the cache slots written).
         """
         B, T = idx.shape
-        if pos is None:
+        if pos is None:  # a batch of whole streams: each row's SOA is its first one
             assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
-            cos, sin = self.rope_cos[:T].expand(B, T, -1), self.rope_sin[:T].expand(B, T, -1)
-        else:
-            cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+            offset = torch.arange(T, device=idx.device).expand(B, T)
+            soa_at = torch.where(idx == SOA, offset, T).min(dim=1, keepdim=True).values
+            pos = stream_positions(offset, soa_at, self.config.audio_pos_rate)
+        angles = pos.float()[..., None] * self.rope_inv_freq
+        cos, sin = angles.cos(), angles.sin()
         x = self.drop(self.embed(idx))
         for block in self.blocks:
             x = block(x, cos, sin, mask, input_pos)
@@ -352,7 +357,8 @@ class GPT(nn.Module):
             idx[i, pad[i]:] = p.to(device)
         slots = torch.arange(total, device=device)
         valid = slots[None, :] >= pad[:, None]  # [rows, total]: which cache slots hold real tokens, per row
-        pos_all = (slots[None, :] - pad[:, None]).clamp(min=0)  # each row's own positions
+        soa_at = torch.tensor([int((p == SOA).nonzero()[0]) for p in rows], device=device)[:, None]
+        pos_all = stream_positions(slots[None, :] - pad[:, None], soa_at, self.config.audio_pos_rate)
 
         self.setup_cache(len(rows), total)
         decode_step = decode_step or decode_one_token
@@ -368,7 +374,8 @@ class GPT(nn.Module):
                     break
                 slot = P + t
                 feed = token.repeat(2) if guided else token
-                h = decode_step(self, feed[:, None], pos_all[:, slot:slot + 1], valid, torch.tensor([slot], device=device))
+                h = decode_step(self, feed[:, None], pos_all[:, slot:slot + 1], valid,
+                                torch.tensor([slot], device=device))
         finally:
             self.clear_cache()
 

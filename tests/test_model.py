@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
-from model import decode_one_token, prefill, sample_audio_token, text_to_tokens
+from model import decode_one_token, prefill, sample_audio_token, stream_positions, text_to_tokens
 
 
 def tiny(**kw):
@@ -74,7 +74,8 @@ def test_causal_masking():
     assert not torch.allclose(a[:, 10:], b[:, 10:])
 
 
-@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"tie_weights": True, "qk_norm": False}])
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"tie_weights": True, "qk_norm": False},
+                                {"audio_pos_rate": 0.55}])
 def test_kv_cache_matches_full_forward(kw):
     model = tiny(**kw)
     s = stream("hello", 12)[None]
@@ -82,7 +83,8 @@ def test_kv_cache_matches_full_forward(kw):
     P = 8
     model.setup_cache(1, s.shape[1])
     valid = torch.ones(1, s.shape[1], dtype=torch.bool)
-    pos = torch.arange(s.shape[1])[None]
+    soa_at = torch.tensor([[int((s[0] == SOA).nonzero()[0])]])
+    pos = stream_positions(torch.arange(s.shape[1])[None], soa_at, model.config.audio_pos_rate)
     logits = [prefill(model, s[:, :P], pos[:, :P], valid, P)]
     for t in range(P, s.shape[1]):
         logits.append(decode_one_token(model, s[:, t:t + 1], pos[:, t:t + 1], valid, torch.tensor([t])))
@@ -92,8 +94,9 @@ def test_kv_cache_matches_full_forward(kw):
                                atol=1e-4, rtol=1e-4)
 
 
-def test_batched_greedy_equals_one_by_one():
-    model = tiny()
+@pytest.mark.parametrize("rate", [1.0, 0.55])
+def test_batched_greedy_equals_one_by_one(rate):
+    model = tiny(audio_pos_rate=rate)
     prompts = [make_prompt(text_to_tokens(t)) for t in ["a", "a longer text", "mid size"]]
     batched = model.generate(prompts, 12, temperature=0)
     alone = [model.generate([p], 12, temperature=0)[0] for p in prompts]
