@@ -168,7 +168,8 @@ class SyntheticSpeech:
       byte's onset or a hold, so the model must read ahead in the text and keep time;
     - each speaker changes every id in its own way; ids are spread over the whole 0..46655 range by an affine
       bijection, so neighbouring ids share nothing (the hard case for a model: no structure to lean on);
-    - utterances of one or two sentences, so a model learns to continue speech mid-text (voice prompts, chunks);
+    - one sentence per utterance, or up to max_sentences (40% of them): with two, a model learns to continue
+      speech mid-text, which voice prompts and long-text chunks need;
     - `recognise` inverts it exactly: any token sequence -> (text, speaker per frame), which makes character error
       rate (CER) and speaker consistency the toy counterparts of ASR WER and speaker similarity.
     """
@@ -181,7 +182,7 @@ class SyntheticSpeech:
     scale, shift = 7919, 12345  # id = (scale * code + shift) mod 46656; scale is coprime with 46656 = 2^6 3^6
     n_codes = 256 * n_classes * n_phases * n_speakers  # 8192 of the 46656 ids are ever said
 
-    def __init__(self, max_sentences=2):
+    def __init__(self, max_sentences=1):
         self.max_sentences = max_sentences
         self.unscale = pow(self.scale, -1, N_AUDIO)
         cls = np.full(257, 3, dtype=np.int64)  # index 256 = end of text
@@ -244,7 +245,7 @@ class SyntheticSpeech:
         return out.decode("utf-8", errors="replace"), speaker
 
 
-def synthetic_corpus(seed, n_train, n_val, max_sentences=2):
+def synthetic_corpus(seed, n_train, n_val, max_sentences=1):
     """Deterministic from seed: (train utterances, val utterances, speaker names)."""
     corpus = SyntheticSpeech(max_sentences)
     rng = np.random.default_rng(seed)

@@ -79,8 +79,8 @@ class GPTConfig:
     mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * n_embd, rounded up to a multiple of 64
     rope_theta: float = 10000.0
     # RoPE position step per audio token after SOA. Near the bytes spoken per frame (~0.55 for English at 25 Hz), an
-    # audio frame sits at about the position of the text it speaks: a monotonic-alignment prior that attention gets
-    # for free. 1.0 = plain consecutive positions.
+    # audio frame sits at about the position of the text it speaks: a monotonic-alignment prior for attention. An
+    # experiment knob: on the synthetic corpus 0.55 learned no faster than 1.0 over 300 steps. 1.0 = plain positions.
     audio_pos_rate: float = 1.0
     qk_norm: bool = False
     bias: bool = False

@@ -57,7 +57,7 @@ out_dir = ""  # default: data/<dataset>
 seed = 1337
 n_train = 20000  # synthetic: utterances in the train split
 n_val = 500  # synthetic: utterances in the val split
-max_sentences = 2  # synthetic: sentences per utterance, at most
+max_sentences = 1  # synthetic: sentences per utterance, at most (2 teaches continuation: prompts, chunks)
 # real speech corpora
 input = ""  # a folder (ljspeech, libritts) or a .jsonl manifest
 format = "auto"  # auto, ljspeech, libritts or jsonl
