@@ -14,7 +14,10 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=192", "--batch
 
 def run(script, *args, cwd, check=True, env=None):
     """Run one of the repo's scripts as a user would; returns the CompletedProcess."""
-    cmd = [sys.executable, os.path.join(ROOT, script), *args] if script.endswith(".py") else [*script.split(), *args]
+    if script.endswith(".py"):
+        cmd = [sys.executable, os.path.join(ROOT, script), *args]
+    else:  # "torchrun ...": the venv's own, whether or not the venv is activated
+        cmd = [sys.executable, "-m", "torch.distributed.run", *script.split()[1:], *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
