@@ -1,0 +1,73 @@
+"""bench.py: both modes run on a tiny model and end with one JSON line; the roofline's byte count is a hand count."""
+
+import json
+
+import pytest
+from conftest import run
+
+from bench import decode_bytes
+from model import GPT, GPTConfig
+
+# one thread: on a small shared CI machine a second OpenMP thread can make tiny steps 10x slower, not faster
+FAST = ["--threads=1", "--runs=2", "--prompt_len=8", "--new_tokens=8", "--bandwidth_mb=32"]
+
+
+def last_json(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_decode_bytes_is_the_hand_count():
+    model = GPT(GPTConfig(block_size=32, n_layer=1, n_head=2, n_kv_head=1, n_embd=8, qk_norm=True))
+    # by hand: SwiGLU hidden = 8 * 8/3 rounded up to 64; head_dim 4; q, k, v = 2 + 1 + 1 heads of 4
+    layer = 8 + 8 * 16 + 8 * 8 + 4 + 4 + 8 + 8 * 2 * 64 + 64 * 8  # norm, qkv, proj, q/k norms, norm, gate_up, down
+    head = 8 + 217 * 8 + 8 + 216 * 8  # final norm, coarse head (+ EOA), fine norm, fine head
+    rows = 4 * 8  # per sequence: wte, coarse_embed, fine_embed rows of the input token + coarse_embed of the head
+    kv = 2 * 1 * 10 * 1 * 4  # keys and values, 1 layer, 10 positions, 1 KV head of 4
+    assert decode_bytes(model, 3, 10, 4) == (layer + head + 3 * rows + 3 * kv) * 4
+    assert decode_bytes(model, 3, 10, 2) == (layer + head + 3 * rows + 3 * kv) * 2
+    # the 46976-row input table is never read whole: it is most of the parameters, not of the bytes
+    assert decode_bytes(model, 1, 10, 4) < model.wte.weight.numel() * 4 / 20
+
+
+def test_sample_mode_takes_a_config_files_shape_and_ends_with_json(tmp_path):
+    config = tmp_path / "recipe.py"
+    config.write_text("out_dir = 'x'\nlearning_rate = 1e-3\nbatch_size = 32\ncompile = True\n"
+                      "n_layer = 2\nn_head = 2\nn_kv_head = 1\nn_embd = 32\nblock_size = 64\n")
+    proc = run("bench.py", str(config), "--batch_size=3", *FAST, cwd=tmp_path)
+    r = last_json(proc)
+    assert r["mode"] == "sample" and r["dtype"] == "float32" and r["compile"] is False  # training settings ignored
+    assert (r["config"]["n_layer"], r["config"]["n_kv_head"], r["config"]["block_size"]) == (2, 1, 64)
+    assert r["batch_sizes"] == [1, 3] and r["batch_size"] == 1 and r["batch_n"]["batch_size"] == 3
+    for fig in (r, r["batch_n"]):
+        assert fig["tokens_per_s"] > 0 and fig["step_ms"] > 0 and fig["prefill_ms"] > 0
+        assert fig["ttfa_ms"] > fig["prefill_ms"]
+        assert fig["rtf"] == pytest.approx(fig["tokens_per_s"] / 25)
+        assert fig["tokens_per_s"] == pytest.approx(fig["batch_size"] * 1000 / fig["step_ms"])
+        assert 0 < fig["roofline_fraction"] < 1  # a tiny model is all overhead, nowhere near the bandwidth limit
+        assert fig["roofline_ms"] == pytest.approx(fig["bytes_per_step"] / r["bandwidth_GBps"] / 1e6)
+    assert r["bandwidth_GBps"] == max(r["bandwidth_by_kernel_GBps"].values()) > 0
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, block_size=64, qk_norm=True))  # bench's qk_norm
+    assert r["bytes_per_step"] == int(decode_bytes(model, 1, 8 + 4.5, 4))  # mean context: prompt + (8 + 1) / 2
+    assert r["batch_n"]["bytes_per_step"] == int(decode_bytes(model, 3, 8 + 4.5, 4))
+    assert "roofline" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_train_mode_ends_with_json(tmp_path):
+    proc = run("bench.py", "--mode=train", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64",
+               "--batch_size=2", *FAST, cwd=tmp_path)
+    r = last_json(proc)
+    assert r["mode"] == "train" and r["batch_size"] == 2 and r["seq_len"] == 64
+    assert r["tokens_per_s"] == pytest.approx(2 * 64 * 1000 / r["step_ms"])
+    assert 0 < r["mfu"] < 1 and r["peak_flops"] > 1e9 and "measured" in r["peak_flops_source"]
+    assert r["peak_memory_MB"] > 50  # the process's max RSS: torch alone is more
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mode=fly"], "mode must be"),
+    (["--block_size=64", "--prompt_len=60", "--new_tokens=10"], "exceeds block_size"),
+    (["config/none.py"], "cannot read config file"),
+])
+def test_bad_settings_get_one_line_errors(tmp_path, args, message):
+    proc = run("bench.py", "--n_layer=1", "--n_head=2", "--n_embd=32", *args, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr
+
