@@ -47,6 +47,11 @@ init_from = "scratch"  # 'scratch' or 'resume'
 wandb_log = False
 wandb_project = "dirt"
 wandb_run_name = "run"
+# a sample spoken at every evaluation: the first val utterance's text. Synthetic corpus: what its recogniser hears;
+# real speech: a .wav and a spectrogram PNG in <out_dir>/samples/ (and to wandb), through the codec below if present
+log_samples = True
+codec_config = "checkpoints/stable-codec/model_config.json"
+codec_ckpt = "checkpoints/stable-codec/model.ckpt"
 # data
 dataset = "synthetic"
 data_dir = ""  # default: data/<dataset>
@@ -258,6 +263,52 @@ if wandb_log and master_process:
         fail("wandb_log=True needs wandb: pip install wandb")
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
+codec = None  # loaded on the first real-speech sample; False once it is known to be missing
+
+
+def log_sample(it):
+    """Speak the first val text with the model as it is now, and keep what it says where a person can look."""
+    global codec
+    from sample import synthesize
+
+    text = val_data[0][0]
+    raw_model.eval()
+    tokens = synthesize(raw_model, [text], max_seconds=10.0, seed=seed)[0]  # its own RNG: training's is untouched
+    raw_model.train()
+    if val_data.meta.get("dataset") == "synthetic":
+        from data import SyntheticSpeech
+
+        print(f"sample at {it}: {text.decode()!r} -> heard {SyntheticSpeech().recognise(tokens)[0]!r}")
+        return
+    if codec is None:
+        from codec import Codec, CodecUnavailable
+
+        try:
+            codec = Codec(codec_config, codec_ckpt or None, device)
+        except CodecUnavailable as e:
+            print(f"samples: token ids only, no audio: {e}")
+            codec = False
+    os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
+    np.save(os.path.join(out_dir, "samples", f"{it:07d}.npy"), tokens)
+    if not codec:
+        return
+    import soundfile as sf
+
+    wav = codec.decode([tokens])[0]
+    path = os.path.join(out_dir, "samples", f"{it:07d}")
+    sf.write(path + ".wav", wav, 16000)
+    try:
+        from speech_metrics import plot_spectrogram
+
+        figure = plot_spectrogram(wav, 16000, path + ".png", f"step {it}: {text.decode()[:60]}")
+    except Exception as e:  # matplotlib missing or the like: the .wav is the sample that matters
+        print(f"samples: no spectrogram ({type(e).__name__}: {e})")
+        figure = None
+    if wandb_log:
+        wandb.log({"iter": it, "sample/audio": wandb.Audio(wav, sample_rate=16000, caption=text.decode()[:100]),
+                   **({"sample/spectrogram": wandb.Image(path + ".png")} if figure is not None else {})})
+
+
 log_path = os.path.join(out_dir, "log.jsonl")  # one JSON line per logged iteration, for plots and tests
 if master_process and init_from == "scratch" and os.path.exists(log_path):
     os.remove(log_path)
@@ -277,6 +328,8 @@ while True:
             f.write(json.dumps({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}) + "\n")
         if wandb_log:
             wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+        if log_samples and iter_num > 0:
+            log_sample(iter_num)
         if losses["val"] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses["val"])
             if iter_num > 0:

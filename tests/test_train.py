@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, TINY, read_log, run
 
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
@@ -50,3 +52,25 @@ def test_ddp_two_processes_only_rank0_writes(corpus):
     assert out.count("iter 4: loss") == 1 and out.count("each iteration: 16 utterances (1 micro-steps x 2 processes x 8)") == 1
     assert sorted(os.listdir(os.path.join(corpus, "ddp"))) == ["ckpt.pt", "log.jsonl"]
     assert len([r for r in read_log(os.path.join(corpus, "ddp")) if "loss" in r]) == 4
+
+
+def test_real_speech_run_logs_a_spoken_sample(tmp_path):
+    """At each evaluation a real-speech run writes a sample .wav and its spectrogram (here via the test codec)."""
+    import importlib.util
+
+    import numpy as np
+
+    from data import write_meta, write_split
+
+    if importlib.util.find_spec("stable_codec") is None or importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("needs the codec and matplotlib: bash setup.sh")
+    rng = np.random.default_rng(0)
+    utterances = [(b"hello there", rng.integers(0, 46656, 30), 0) for _ in range(20)]
+    write_split(tmp_path / "speech", "train", utterances)
+    write_split(tmp_path / "speech", "val", utterances[:2])
+    write_meta(tmp_path / "speech", {"dataset": "speech", "speakers": ["a"]})
+    fixture = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
+    run("train.py", CONFIG, *TINY, "--data_dir=speech", "--max_iters=2", "--eval_interval=2", "--out_dir=out",
+        f"--codec_config={fixture}", "--codec_ckpt=", cwd=tmp_path)
+    samples = sorted(os.listdir(tmp_path / "out" / "samples"))
+    assert samples == ["0000002.npy", "0000002.png", "0000002.wav"]
