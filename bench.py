@@ -140,14 +140,15 @@ def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync)
     P = prompt.shape[1]
     sync()
     t0 = time.perf_counter()
-    h = prefill(model, prompt, pos[:, :P], valid, P)
+    h = prefill(model, prompt, pos[:, :P], valid[:, :P], P)  # as GPT.stream does
     sync()
     t1 = time.perf_counter()
     for t in range(n_steps):
         # the random model emits EOA now and then: the step is timed all the same, as if the row went on
         token = sample_audio_token(model, h, temperature=0.8, generator=generator)
         slot = P + t
-        h = decode_step(model, token[:, None], pos[:, slot:slot + 1], valid, torch.tensor([slot], device=h.device))
+        seen = valid if decode_step is not decode_one_token else valid[:, :slot + 1]  # as GPT.stream does
+        h = decode_step(model, token[:, None], pos[:, slot:slot + 1], seen, torch.tensor([slot], device=h.device))
         if t == 0:
             sync()
             t2 = time.perf_counter()

@@ -154,6 +154,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
+            S = mask.shape[-1]  # the caller's mask may cover only the filled slots: then read no more of the cache
+            k, v = k[:, :, :S], v[:, :, :S]
         if mask is None:  # training: plain causal attention over the whole row
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
         else:
@@ -351,6 +353,9 @@ class GPT(nn.Module):
         assert total <= self.config.block_size, (
             f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}"
         )
+        compiled = decode_step not in (None, decode_one_token)
+        if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
+            total = min(self.config.block_size, -(-total // 256) * 256)
         pad = P - lengths  # left padding per row
         idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
         for i, p in enumerate(rows):
@@ -363,7 +368,7 @@ class GPT(nn.Module):
         self.setup_cache(len(rows), total)
         decode_step = decode_step or decode_one_token
         try:
-            h = prefill(self, idx, pos_all[:, :P], valid, P)
+            h = prefill(self, idx, pos_all[:, :P], valid[:, :P], P)  # the prompt sees the prompt's slots only
             done = torch.zeros(B, dtype=torch.bool, device=device)
             for t in range(max_new_tokens):
                 token = sample_audio_token(self, h, temperature, top_k, top_p, generator, cfg_scale)
@@ -374,8 +379,9 @@ class GPT(nn.Module):
                     break
                 slot = P + t
                 feed = token.repeat(2) if guided else token
-                h = decode_step(self, feed[:, None], pos_all[:, slot:slot + 1], valid,
-                                torch.tensor([slot], device=device))
+                # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
+                seen = valid if compiled else valid[:, :slot + 1]
+                h = decode_step(self, feed[:, None], pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1])
         finally:
             self.clear_cache()
 
