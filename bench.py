@@ -43,14 +43,12 @@ import time
 
 import torch
 
-from model import EOA, GPT, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, decode_one_token, prefill, sample_audio_token
+from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, decode_one_token, prefill,
+                   sample_audio_token)
 
 TOKENS_PER_SECOND = 25
 SHAPE_KEYS = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "rope_theta", "qk_norm", "bias",
               "tie_weights")
-GPU_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12), ("L40", 181e12),
-                  ("A10", 125e12), ("L4", 121e12), ("3090", 71e12), ("V100", 125e12))  # dense bf16, as train.py
-
 
 def fail(message):
     print(f"error: {message}", file=sys.stderr)

@@ -64,6 +64,10 @@ def make_prompt(text_tokens, audio_prefix=None):
     return torch.cat(parts)
 
 
+# dense bf16 peak FLOP/s by GPU name, for MFU (train.py, bench.py); the first name found in the device's name wins
+GPU_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12), ("L40", 181e12),
+                  ("A10", 125e12), ("L4", 121e12), ("3090", 71e12), ("V100", 125e12))
+
 # --------------------------------------------------------------------------------------------------------------
 # model
 

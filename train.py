@@ -31,7 +31,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import CheckpointError, Shards, get_batch, length_sorted_rows, load_checkpoint, save_checkpoint
-from model import GPT, PAD, GPTConfig
+from model import GPT, GPU_PEAK_FLOPS, PAD, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default config values: a ~120M model for real speech on one GPU (see config/ for recipes)
@@ -214,11 +214,7 @@ if ddp:
 
 if not peak_flops and device_type == "cuda":  # dense bf16 peaks, by GPU name
     name = torch.cuda.get_device_name()
-    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12), ("L40", 181e12),
-                       ("A10", 125e12), ("L4", 121e12), ("3090", 71e12), ("V100", 125e12)):
-        if key in name:
-            peak_flops = flops
-            break
+    peak_flops = next((flops for key, flops in GPU_PEAK_FLOPS if key in name), 0.0)
 
 
 @torch.no_grad()
