@@ -86,6 +86,9 @@ class GPTConfig:
     # audio frame sits at about the position of the text it speaks: a monotonic-alignment prior for attention. An
     # experiment knob: on the synthetic corpus 0.55 learned no faster than 1.0 over 300 steps. 1.0 = plain positions.
     audio_pos_rate: float = 1.0
+    # Audio positions restart at the text's origin: the first audio frame sits at position 0 (the first byte), frame
+    # k at k * audio_pos_rate, so with the rate near bytes per frame a frame sits near the byte it speaks.
+    align_audio_pos: bool = False
     qk_norm: bool = False
     bias: bool = False
     dropout: float = 0.0
@@ -99,10 +102,14 @@ class GPTConfig:
         assert self.vocab_size >= PAD + 1, f"vocab_size must cover the token layout ({PAD + 1})"
 
 
-def stream_positions(offset, soa_at, rate):
-    """RoPE positions: offset within the stream up to its SOA, then rate per audio token (offset, soa_at: tensors)."""
+def stream_positions(offset, soa_at, rate, aligned=False):
+    """
+    RoPE positions: offset within the stream up to its SOA, then rate per audio token (offset, soa_at: tensors).
+    aligned: the audio restarts at the text's origin (first audio frame at 0) instead of continuing after the SOA.
+    """
     offset = offset.float()
-    return torch.where(offset > soa_at, soa_at + (offset - soa_at) * rate, offset).clamp(min=0)
+    origin = torch.full_like(soa_at, -rate, dtype=torch.float) if aligned else soa_at.float()
+    return torch.where(offset > soa_at, origin + (offset - soa_at) * rate, offset).clamp(min=0)
 
 
 def apply_rope(x, cos, sin):
@@ -257,7 +264,7 @@ class GPT(nn.Module):
             assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
             offset = torch.arange(T, device=idx.device).expand(B, T)
             soa_at = torch.where(idx == SOA, offset, T).min(dim=1, keepdim=True).values
-            pos = stream_positions(offset, soa_at, self.config.audio_pos_rate)
+            pos = stream_positions(offset, soa_at, self.config.audio_pos_rate, self.config.align_audio_pos)
         angles = pos.float()[..., None] * self.rope_inv_freq
         cos, sin = angles.cos(), angles.sin()
         x = self.drop(self.embed(idx))
@@ -367,7 +374,8 @@ class GPT(nn.Module):
         slots = torch.arange(total, device=device)
         valid = slots[None, :] >= pad[:, None]  # [rows, total]: which cache slots hold real tokens, per row
         soa_at = torch.tensor([int((p == SOA).nonzero()[0]) for p in rows], device=device)[:, None]
-        pos_all = stream_positions(slots[None, :] - pad[:, None], soa_at, self.config.audio_pos_rate)
+        pos_all = stream_positions(slots[None, :] - pad[:, None], soa_at, self.config.audio_pos_rate,
+                                   self.config.align_audio_pos)
 
         self.setup_cache(len(rows), total)
         decode_step = decode_step or decode_one_token

@@ -67,6 +67,7 @@ n_embd = 768
 mlp_ratio = 8 / 3
 rope_theta = 10000.0
 audio_pos_rate = 1.0  # RoPE step per audio token; ~bytes per frame gives an alignment prior (see model.py)
+align_audio_pos = False  # audio positions restart at the text's origin (see model.py)
 qk_norm = True
 bias = False
 dropout = 0.0
@@ -172,8 +173,8 @@ if master_process:  # length-bucketed batches: how much of each row is padding
 
 # model
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
-                  mlp_ratio=mlp_ratio, rope_theta=rope_theta, audio_pos_rate=audio_pos_rate, qk_norm=qk_norm,
-                  bias=bias, dropout=dropout, tie_weights=tie_weights)
+                  mlp_ratio=mlp_ratio, rope_theta=rope_theta, audio_pos_rate=audio_pos_rate,
+                  align_audio_pos=align_audio_pos, qk_norm=qk_norm, bias=bias, dropout=dropout, tie_weights=tie_weights)
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if init_from == "resume":
@@ -182,8 +183,8 @@ if init_from == "resume":
     except CheckpointError as e:
         fail(str(e))
     for k in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "qk_norm", "bias",
-              "tie_weights", "rope_theta", "audio_pos_rate"):  # the architecture comes from the checkpoint
-        model_args[k] = checkpoint["model_args"][k]
+              "tie_weights", "rope_theta", "audio_pos_rate", "align_audio_pos"):  # the architecture: the checkpoint's
+        model_args[k] = checkpoint["model_args"].get(k, model_args[k])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     if master_process:
         print(f"resuming from {ckpt_path} at iteration {iter_num}")

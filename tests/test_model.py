@@ -75,7 +75,7 @@ def test_causal_masking():
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"tie_weights": True, "qk_norm": False},
-                                {"audio_pos_rate": 0.55}])
+                                {"audio_pos_rate": 0.55}, {"audio_pos_rate": 0.55, "align_audio_pos": True}])
 def test_kv_cache_matches_full_forward(kw):
     model = tiny(**kw)
     s = stream("hello", 12)[None]
@@ -84,7 +84,8 @@ def test_kv_cache_matches_full_forward(kw):
     model.setup_cache(1, s.shape[1])
     valid = torch.ones(1, s.shape[1], dtype=torch.bool)
     soa_at = torch.tensor([[int((s[0] == SOA).nonzero()[0])]])
-    pos = stream_positions(torch.arange(s.shape[1])[None], soa_at, model.config.audio_pos_rate)
+    pos = stream_positions(torch.arange(s.shape[1])[None], soa_at, model.config.audio_pos_rate,
+                           model.config.align_audio_pos)
     logits = [prefill(model, s[:, :P], pos[:, :P], valid, P)]
     for t in range(P, s.shape[1]):
         logits.append(decode_one_token(model, s[:, t:t + 1], pos[:, t:t + 1], valid, torch.tensor([t])))
@@ -94,9 +95,9 @@ def test_kv_cache_matches_full_forward(kw):
                                atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("rate", [1.0, 0.55])
-def test_batched_greedy_equals_one_by_one(rate):
-    model = tiny(audio_pos_rate=rate)
+@pytest.mark.parametrize("kw", [{}, {"audio_pos_rate": 0.55}, {"audio_pos_rate": 0.55, "align_audio_pos": True}])
+def test_batched_greedy_equals_one_by_one(kw):
+    model = tiny(**kw)
     prompts = [make_prompt(text_to_tokens(t)) for t in ["a", "a longer text", "mid size"]]
     batched = model.generate(prompts, 12, temperature=0)
     alone = [model.generate([p], 12, temperature=0)[0] for p in prompts]
