@@ -112,6 +112,13 @@ def utterance_stream(text, audio):
     return np.concatenate([np.frombuffer(text, dtype=np.uint8).astype(np.int64) + TEXT_OFFSET, [SOA], audio, [EOA]])
 
 
+def inputs_and_targets(stream):
+    """One stream's model inputs (all but its EOA) and targets (the next audio id or the EOA; -1 for text, SOA)."""
+    y = np.where(stream[1:] < N_AUDIO, stream[1:], -1)
+    y[-1] = EOA
+    return stream[:-1], y
+
+
 def length_sorted_rows(shards, max_len):
     """Indices of the utterances whose stream fits max_len + 1 tokens, sorted by length (for get_batch)."""
     lengths = shards.stream_lengths()
@@ -134,10 +141,53 @@ def get_batch(shards, rows, batch_size, rng, text_dropout=0.0):
     x = np.full((batch_size, T), PAD, dtype=np.int64)
     y = np.full((batch_size, T), -1, dtype=np.int64)
     for r, s in enumerate(streams):
-        x[r, : len(s) - 1] = s[:-1]
-        y[r, : len(s) - 1] = np.where(s[1:] < N_AUDIO, s[1:], -1)
-        y[r, len(s) - 2] = EOA
+        x[r, : len(s) - 1], y[r, : len(s) - 1] = inputs_and_targets(s)
     return x, y
+
+
+def get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout=0.0, fill=0.97):
+    """
+    batch_size rows of exactly block_size positions, each holding whole utterances back to back (an utterance takes
+    len(stream) - 1 positions: its EOA is a target, never an input, as in get_batch), then padding.
+    Utterances are drawn uniformly at random from `rows` until they fill `fill` of the batch, then placed longest
+    first, each into the fullest row that still has room (best-fit decreasing). Random draws, not neighbours in
+    length order as in get_batch: filling a row needs long and short utterances together (three of ~67 tokens leave
+    55 of 256 empty), and every utterance stays as likely to be drawn as in get_batch. With 3% left to spare, an
+    utterance rarely fits nowhere (it is then left out); filling the last few percent too would mean leaving out
+    more of them (long ones) or waiting for short ones: either would skew which utterances are trained on.
+    x, y [B, T] as get_batch; doc [B, T]: which utterance of its row each position holds (0, 1, ...; the padding is
+    one more), for GPT.forward to give each utterance its own positions and attention.
+    """
+    target, total = fill * batch_size * block_size, 0
+    picks, drop, lengths = [], [], []
+    while total < target:  # draw batch_size at a time until the batch is full
+        picks.append(rows[rng.integers(len(rows), size=batch_size)])
+        drop.append(rng.random(batch_size) < text_dropout)
+        text_len, audio_len = shards.index[picks[-1], 1], shards.index[picks[-1], 3]
+        lengths.append(text_len * ~drop[-1] + audio_len + 1)  # text, SOA, audio
+        total += int(lengths[-1].sum())
+    picks, drop, lengths = np.concatenate(picks), np.concatenate(drop), np.concatenate(lengths)
+    n = int(np.searchsorted(np.cumsum(lengths), target)) + 1
+    room = np.full(batch_size, block_size)
+    placed = [[] for _ in range(batch_size)]
+    for k in np.argsort(-lengths[:n], kind="stable"):
+        fits = np.flatnonzero(room >= lengths[k])
+        if len(fits):
+            r = fits[np.argmin(room[fits])]
+            room[r] -= lengths[k]
+            placed[r].append(k)
+    x = np.full((batch_size, block_size), PAD, dtype=np.int64)
+    y = np.full((batch_size, block_size), -1, dtype=np.int64)
+    doc = np.zeros((batch_size, block_size), dtype=np.int64)
+    for r, ks in enumerate(placed):
+        at = 0
+        for d, k in enumerate(ks):
+            text, audio, _ = shards[picks[k]]
+            xs, ys = inputs_and_targets(utterance_stream(b"" if drop[k] else text, audio))
+            x[r, at:at + len(xs)], y[r, at:at + len(xs)], doc[r, at:at + len(xs)] = xs, ys, d
+            at += len(xs)
+        doc[r, at:] = len(ks)
+    return x, y, doc
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ is the exact joint distribution over all 46656 ids, at 1/100 of a 46656-way head
 would be most of the FLOPs, of the decode-step bytes and of CPU training time.
 
 The block is a modern one (RMSNorm, RoPE, SwiGLU, optional QK-norm, grouped-query attention, no biases by default).
-The loss covers audio tokens and EOA only: predicting the text is not the task.
+The loss covers audio tokens and EOA only: predicting the text is not the task. A training row may also hold several
+utterances back to back (`doc` ids, see data.get_packed_batch): each keeps the positions and attention it has alone.
 Generation follows gpt-fast: a preallocated KV cache, one `prefill` over the prompt, then a small `decode_one_token`
 step that `torch.compile` can turn into a CUDA graph. This file has no I/O and no training logic.
 """
@@ -31,11 +32,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-try:  # optional: only used for training-shaped (full causal) attention on CUDA in bf16/fp16
-    from flash_attn import flash_attn_func
+try:  # optional: only used for training-shaped attention (whole rows, or packed rows) on CUDA in bf16/fp16
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
 except ImportError:
-    flash_attn_func = None
+    flash_attn_func = flash_attn_varlen_func = None
 
 # --------------------------------------------------------------------------------------------------------------
 # token layout
@@ -112,6 +114,27 @@ def stream_positions(offset, soa_at, rate, aligned=False):
     return torch.where(offset > soa_at, origin + (offset - soa_at) * rate, offset).clamp(min=0)
 
 
+def packed_layout(idx, doc, rate, aligned=False):
+    """
+    Rows holding several utterances back to back (idx, doc [B, T]; an utterance is a run of equal doc ids). Returns
+    what makes each utterance compute exactly what it would alone: its RoPE positions, restarting at 0 with its SOA
+    found in it (pos [B, T]); the attention mask, causal and within the utterance (mask [B, 1, T, T]); and where
+    each utterance starts (starts [B, T] bool).
+    """
+    B, T = idx.shape
+    t = torch.arange(T, device=idx.device)
+    starts = torch.ones_like(doc, dtype=torch.bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    offset = t - torch.where(starts, t, 0).cummax(dim=1).values  # position within its own utterance
+    seg = starts.cumsum(dim=1) - 1  # which utterance of its row
+    # each utterance's first SOA as an offset within it (T if it has none, as for a whole row), spread to its tokens
+    soa = torch.where(idx == SOA, offset, T)
+    soa_at = torch.full_like(soa, T).scatter_reduce(1, seg, soa, "amin").gather(1, seg)
+    pos = stream_positions(offset, soa_at, rate, aligned)
+    mask = (t[:, None] >= t[None, :]) & (seg[:, :, None] == seg[:, None, :])
+    return pos, mask[:, None], starts
+
+
 def apply_rope(x, cos, sin):
     """x [B, T, H, D]; cos/sin [B, T, D/2] (one position per row and step, so rows may sit at different offsets)."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
@@ -147,7 +170,7 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.kv_cache = None
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
+    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
@@ -156,12 +179,24 @@ class Attention(nn.Module):
         k = apply_rope(self.k_norm(k.view(B, T, self.n_kv_head, self.head_dim)), cos, sin)
         v = v.view(B, T, self.n_kv_head, self.head_dim)
         dropout = self.dropout if self.training else 0.0
-        if self.kv_cache is None and mask is None and flash_attn_func is not None and x.is_cuda and x.dtype in (
+        # q's dtype, not x's: under autocast x (the normed fp32 residual stream) stays fp32 while q is bf16/fp16
+        flash = self.kv_cache is None and flash_attn_func is not None and q.is_cuda and q.dtype in (
             torch.float16,
             torch.bfloat16,
-        ):
+        )
+        if flash and mask is None:
             y = flash_attn_func(q, k, v, dropout_p=dropout, causal=True).view(B, T, -1)
             return self.proj(y)
+        if flash and varlen is not None:
+            # packed rows: every utterance is its own sequence (cu_seqlens: where each starts in the flattened
+            # batch), so flash-attn skips the blocks the mask would zero instead of computing them. Untested here
+            # (no GPU in development): it is the documented varlen call on the same q, k, v as flash_attn_func
+            cu_seqlens, max_len = varlen
+            y = flash_attn_varlen_func(q.reshape(B * T, self.n_head, self.head_dim),
+                                       k.reshape(B * T, self.n_kv_head, self.head_dim),
+                                       v.reshape(B * T, self.n_kv_head, self.head_dim),
+                                       cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=dropout, causal=True)
+            return self.proj(y.view(B, T, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
@@ -196,8 +231,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos))
+    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos, varlen))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -220,6 +255,9 @@ class GPT(nn.Module):
         head_dim = cfg.n_embd // cfg.n_head
         inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
+        # set by train.py: in training, keep only each block's input and recompute the rest in the backward pass
+        # (activation memory of one block instead of all of them, for one more forward pass)
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if name.endswith("proj.weight") or name.endswith("down.weight"):
@@ -251,16 +289,26 @@ class GPT(nn.Module):
         digits = self.coarse_embed(a // N_FINE) + self.fine_embed(a % N_FINE)
         return x + digits * audio
 
-    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None):
+    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None):
         """
         idx [B, T] token ids. targets [B, T] next-token ids with -1 where there is no loss (text, padding).
         With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
         Without: returns the final hidden states [B, T, n_embd]; coarse_logits / fine_logits turn them into
         distributions. Generation also passes pos [B, T] (each row's own positions), mask [B, 1, T, S] (which cache
         slots each query may see) and input_pos [T] (the cache slots written).
+        doc [B, T]: packed training rows (data.get_packed_batch), an utterance per run of equal ids. Each utterance
+        gets the positions it has alone and attends only to itself: the row computes what they would one by one.
         """
         B, T = idx.shape
-        if pos is None:  # a batch of whole streams: each row's SOA is its first one
+        varlen = None
+        if doc is not None:
+            assert pos is None and mask is None, "doc is for training rows; generation gives its own pos and mask"
+            assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
+            pos, mask, starts = packed_layout(idx, doc, self.config.audio_pos_rate, self.config.align_audio_pos)
+            if flash_attn_varlen_func is not None and idx.is_cuda:  # where each utterance starts, flattened
+                cu_seqlens = F.pad(starts.flatten().nonzero().flatten(), (0, 1), value=B * T).int()
+                varlen = (cu_seqlens, int(cu_seqlens.diff().max()))
+        elif pos is None:  # a batch of whole streams: each row's SOA is its first one
             assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
             offset = torch.arange(T, device=idx.device).expand(B, T)
             soa_at = torch.where(idx == SOA, offset, T).min(dim=1, keepdim=True).values
@@ -269,7 +317,10 @@ class GPT(nn.Module):
         cos, sin = angles.cos(), angles.sin()
         x = self.drop(self.embed(idx))
         for block in self.blocks:
-            x = block(x, cos, sin, mask, input_pos)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, mask, input_pos, varlen, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, input_pos, varlen)
         x = self.norm(x)
         if targets is None:
             return x

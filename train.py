@@ -8,6 +8,9 @@ Override any setting below from the command line:
     python train.py config/train_synthetic.py --max_iters=100 --batch_size=16
 Resume the run in out_dir exactly where it stopped (same data order, same loss curve):
     python train.py config/train_synthetic.py --init_from=resume
+Rows of exactly block_size tokens packed with whole utterances, each attending only to itself (batch_size then
+counts rows), and activations recomputed in the backward pass (a bigger batch or model in the same memory):
+    python train.py config/train_synthetic.py --packing=True --activation_checkpointing=True
 DDP on 4 GPUs of one node (gradient_accumulation_steps is the GLOBAL count, split across processes, so the global
 batch stays the same whatever the GPU count):
     torchrun --standalone --nproc_per_node=4 train.py config/train_small.py
@@ -20,7 +23,9 @@ DDP on CPU (gloo), e.g. to test the machinery:
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -30,7 +35,8 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import CheckpointError, Shards, get_batch, length_sorted_rows, load_checkpoint, save_checkpoint
+from data import (CheckpointError, Shards, get_batch, get_packed_batch, length_sorted_rows, load_checkpoint,
+                  save_checkpoint)
 from model import GPT, GPU_PEAK_FLOPS, PAD, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -56,8 +62,9 @@ codec_ckpt = "checkpoints/stable-codec/model.ckpt"
 dataset = "synthetic"
 data_dir = ""  # default: data/<dataset>
 gradient_accumulation_steps = 8  # global micro-steps per optimizer step, split across DDP processes
-batch_size = 16  # utterances per micro-step per process
+batch_size = 16  # utterances per micro-step per process (with packing: rows of block_size tokens)
 block_size = 1024  # longest stream (text + audio); longer utterances are skipped
+packing = False  # rows of block_size tokens filled with whole utterances, each on its own (see get_packed_batch)
 text_dropout = 0.1  # fraction of training utterances without their text: the unconditional model for guidance
 # model
 n_layer = 12
@@ -88,6 +95,7 @@ min_lr = 6e-5
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 compile = True  # torch.compile the model
+activation_checkpointing = False  # recompute each block in backward: less activation memory, one more forward
 backend = ""  # DDP backend; '' = nccl on CUDA, gloo on CPU
 peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = look up the GPU by name (unknown devices show no MFU)
 seed = 1337
@@ -145,31 +153,67 @@ for split, shards in (("train", train_data), ("val", val_data)):
     if master_process and len(rows) < len(shards):
         print(f"{split}: skipping {len(shards) - len(rows)} of {len(shards)} utterances longer than block_size")
     splits[split] = (shards, rows)
-utterances_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size
 if master_process:
-    print(f"each iteration: {utterances_per_iter} utterances ({gradient_accumulation_steps} micro-steps x "
-          f"{ddp_world_size} processes x {batch_size})")
+    print(f"each iteration: {gradient_accumulation_steps * ddp_world_size * batch_size} "
+          f"{f'rows of {block_size} tokens' if packing else 'utterances'} ({gradient_accumulation_steps} micro-steps "
+          f"x {ddp_world_size} processes x {batch_size})")
 
 
 def batch(split, step, micro_step, rank=ddp_rank):
     """
     The batch is a pure function of (seed, step, micro-step, rank): resuming replays the same data order.
-    step=None gives the fixed evaluation batches.
+    step=None gives the fixed evaluation batches, length-bucketed even when training packs: runs with and without
+    packing are measured on the same batches. Returns CPU tensors x, y and doc (None unless packed), pinned on CUDA.
     """
     shards, rows = splits[split]
     stream = ["train", "val"].index(split) + (2 if step is None else 0)
     rng = np.random.default_rng([seed, stream, step or 0, micro_step, rank])
-    x, y = get_batch(shards, rows, batch_size, rng, text_dropout if step is not None else 0.0)
-    x, y = torch.from_numpy(x), torch.from_numpy(y)
-    if device_type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x, y
+    if packing and step is not None:
+        x, y, doc = get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout)
+    else:
+        (x, y), doc = get_batch(shards, rows, batch_size, rng, text_dropout if step is not None else 0.0), None
+    out = [None if a is None else torch.from_numpy(a) for a in (x, y, doc)]
+    if device_type == "cuda":  # page-locked: the copy to the GPU can then run while the GPU works (to_device)
+        out = [None if t is None else t.pin_memory() for t in out]
+    return out
 
 
-if master_process:  # length-bucketed batches: how much of each row is padding
-    sample = [batch("train", 10**6 + k, 0) for k in range(20)]
-    padded = sum(int((x == PAD).sum()) for x, _ in sample) / sum(x.numel() for x, _ in sample)
-    print(f"padding: {100 * padded:.1f}% of the positions in a batch")
+def to_device(tensors):
+    return [None if t is None else t.to(device, non_blocking=True) for t in tensors]
+
+
+def prefetch(first_iter, ahead=2):
+    """
+    The training batches of iterations first_iter.. in order, made by a background thread up to `ahead` batches
+    before the loop asks, so that reading and packing run while the model trains. They are the same pure batch()
+    calls the loop would make, so the data order (and exact resume) are unchanged. An error in the thread is raised
+    in the loop; the thread is a daemon, so a run that ends or dies never waits for it.
+    """
+    ready = queue.Queue(maxsize=ahead)
+
+    def produce():
+        try:
+            for it in range(first_iter, max_iters):
+                for micro_step in range(gradient_accumulation_steps):
+                    ready.put(batch("train", it, micro_step))
+        except Exception as e:
+            ready.put(e)
+
+    def consume():
+        while True:
+            item = ready.get()
+            if isinstance(item, Exception):
+                raise item
+            yield to_device(item)
+
+    threading.Thread(target=produce, name="prefetch", daemon=True).start()  # now, not at the first next()
+    return consume()
+
+
+if master_process:  # how much of each row is padding
+    sample = [batch("train", 10**6 + k, 0)[0] for k in range(20)]
+    padded = sum(int((x == PAD).sum()) for x in sample) / sum(x.numel() for x in sample)
+    print(f"padding: {100 * padded:.1f}% of the positions in a batch ({'packed' if packing else 'length-bucketed'})")
 
 # model
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
@@ -193,6 +237,7 @@ elif init_from != "scratch":
 torch.manual_seed(seed)
 gptconf = GPTConfig(**model_args)
 model = GPT(gptconf)
+model.activation_checkpointing = activation_checkpointing
 if checkpoint is not None:
     model.load_state_dict(checkpoint["model"])
 model.to(device)
@@ -227,7 +272,7 @@ def estimate_loss():
     for split in ("train", "val"):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            x, y = batch(split, None, k)
+            x, y, _ = to_device(batch(split, None, k))
             with autocast:
                 loss = net(x, y)
             losses[k] = loss.item()
@@ -311,6 +356,7 @@ if master_process and init_from == "scratch" and os.path.exists(log_path):
     os.remove(log_path)
 
 # training loop
+train_batches = None if eval_only else prefetch(iter_num)
 t0 = time.time()
 local_iter_num = 0
 while True:
@@ -338,12 +384,12 @@ while True:
     torch.manual_seed(seed + 100003 * iter_num + ddp_rank)  # dropout is replayed exactly on resume too
     tokens = torch.zeros((), dtype=torch.long)
     for micro_step in range(gradient_accumulation_steps):
-        x, y = batch("train", iter_num, micro_step)
+        x, y, doc = next(train_batches)
         tokens += x.numel()
         if ddp:  # sync gradients only on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with autocast:
-            loss = model(x, y)
+            loss = model(x, y, doc=doc)
             loss = loss / gradient_accumulation_steps
         scaler.scale(loss).backward()
     if grad_clip != 0.0:

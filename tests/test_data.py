@@ -1,10 +1,11 @@
-"""data.py: the shard format, training batches and the synthetic corpus with its exact recogniser."""
+"""data.py: the shard format, training batches (bucketed and packed), the synthetic corpus and its exact recogniser."""
 
 import os
 
 import numpy as np
 
-from data import Shards, SyntheticSpeech, get_batch, synthetic_corpus, write_meta, write_split
+from data import Shards, SyntheticSpeech, get_batch, get_packed_batch, length_sorted_rows, synthetic_corpus
+from data import utterance_stream, write_meta, write_split
 from model import EOA, N_AUDIO, PAD, SOA, TEXT_OFFSET
 
 
@@ -36,6 +37,34 @@ def test_batch_targets_are_audio_and_eoa_only(tmp_path):
         assert row_y[n - 1] == EOA and (row_y[n:] == -1).all()
     x2, _ = get_batch(shards, np.arange(len(shards)), 8, np.random.default_rng(0))
     assert np.array_equal(x, x2)  # deterministic for a seed
+
+
+def test_packed_batch_holds_whole_utterances_with_little_padding(tmp_path):
+    train, _, speakers = synthetic_corpus(0, 300, 1)
+    write_split(tmp_path, "train", train)
+    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers})
+    shards = Shards(tmp_path, "train")
+    rows = length_sorted_rows(shards, 256)
+    streams = {tuple(utterance_stream(text, audio)) for text, audio, _ in train}
+    streams |= {tuple(utterance_stream(b"", audio)) for _, audio, _ in train}  # text dropped
+    padded = []
+    for seed in range(10):
+        x, y, doc = get_packed_batch(shards, rows, 256, 16, np.random.default_rng(seed), text_dropout=0.2)
+        assert x.shape == y.shape == doc.shape == (16, 256)
+        padded.append(np.mean(x == PAD))
+        for row_x, row_y, row_doc in zip(x, y, doc):
+            for d in np.unique(row_doc):
+                ux, uy = row_x[row_doc == d], row_y[row_doc == d]
+                if (ux == PAD).all():  # the padding closes the row, and is never a target
+                    assert d == row_doc.max() and (uy == -1).all() and row_doc[-1] == d
+                    continue
+                # a whole utterance: its inputs are the stream but its EOA, its targets the audio and the EOA
+                assert tuple(ux) + (EOA,) in streams
+                soa = int(np.flatnonzero(ux == SOA)[0])
+                assert (uy[:soa] == -1).all() and (uy[soa:-1] == ux[soa + 1:]).all() and uy[-1] == EOA
+    assert np.mean(padded) < 0.05, f"{100 * np.mean(padded):.1f}% padding"
+    again = get_packed_batch(shards, rows, 256, 16, np.random.default_rng(9), text_dropout=0.2)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (x, y, doc)))  # deterministic for a seed
 
 
 def test_corpus_is_deterministic_and_speech_like():

@@ -1,10 +1,10 @@
-"""model.py: shapes, causal masking, the KV cache, batching and sampling constraints."""
+"""model.py: shapes, causal masking, packed rows, activation checkpointing, the KV cache, batching and sampling."""
 
 import pytest
 import torch
 
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
-from model import decode_one_token, prefill, sample_audio_token, stream_positions, text_to_tokens
+from model import decode_one_token, packed_layout, prefill, sample_audio_token, stream_positions, text_to_tokens
 
 
 def tiny(**kw):
@@ -93,6 +93,68 @@ def test_kv_cache_matches_full_forward(kw):
     torch.testing.assert_close(torch.stack(logits, 1), full[:, P - 1:], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model.coarse_logits(torch.stack(logits, 1)), model.coarse_logits(full[:, P - 1:]),
                                atol=1e-4, rtol=1e-4)
+
+
+def targets_of(s):
+    """What data.get_batch makes of a stream: inputs all but the EOA, targets the next audio id or the EOA."""
+    y = torch.where(s[1:] < N_AUDIO, s[1:], -1)
+    y[-1] = EOA
+    return s[:-1], y
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"audio_pos_rate": 0.55},
+                                {"audio_pos_rate": 0.55, "align_audio_pos": True}])
+def test_packed_row_equals_each_utterance_alone(kw):
+    model = tiny(**kw)
+    utterances = [stream("hello", 9, seed=1), stream("", 6, seed=2), stream("a longer text", 14, seed=3),
+                  stream("x", 3, seed=4)]  # the second without its text, as text_dropout makes them
+    parts = [targets_of(s) for s in utterances]
+    pad = 64 - sum(len(x) for x, _ in parts)
+    x = torch.cat([x for x, _ in parts] + [torch.full((pad,), PAD)])[None]
+    y = torch.cat([y for _, y in parts] + [torch.full((pad,), -1)])[None]
+    doc = torch.cat([torch.full((len(p[0]),), d) for d, p in enumerate(parts)] + [torch.full((pad,), 4)])[None]
+    packed = model(x, doc=doc)[0]
+    at, losses = 0, []
+    for ux, uy in parts:
+        alone = model(ux[None])[0]
+        torch.testing.assert_close(packed[at:at + len(ux)], alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.coarse_logits(packed[at:at + len(ux)]), model.coarse_logits(alone),
+                                   atol=1e-5, rtol=0)
+        losses.append(model(ux[None], uy[None]) * int((uy >= 0).sum()))
+        at += len(ux)
+    # the row's loss is the mean over all its targets, as if the utterances had been run one by one
+    torch.testing.assert_close(model(x, y, doc=doc), sum(losses) / int((y >= 0).sum()), atol=1e-5, rtol=0)
+
+
+def test_packed_layout_restarts_positions_per_utterance():
+    a, b = stream("ab", 3), stream("xyz", 2)  # [a b SOA audio audio audio], [x y z SOA audio audio]
+    idx = torch.cat([a, b])[None]
+    doc = torch.tensor([[5] * len(a) + [2] * len(b)])  # any ids: an utterance is a run of equal ones
+    pos, mask, starts = packed_layout(idx, doc, rate=0.5)
+    assert pos[0].tolist() == [0, 1, 2, 2.5, 3, 3.5, 0, 1, 2, 3, 3.5, 4]
+    assert packed_layout(idx, doc, rate=0.5, aligned=True)[0][0].tolist() == [0, 1, 2, 0, 0.5, 1, 0, 1, 2, 3, 0, 0.5]
+    assert starts[0].nonzero().flatten().tolist() == [0, len(a)]
+    block = torch.zeros(len(idx[0]), len(idx[0]), dtype=torch.bool)
+    block[:len(a), :len(a)] = block[len(a):, len(a):] = True
+    assert torch.equal(mask[0, 0], block.tril())
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model = tiny(dropout=0.1).train()  # dropout too: the recomputed forward must draw the same masks
+        model.activation_checkpointing = checkpointing
+        model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(checkpointing))
+        x = torch.randint(0, VOCAB_SIZE, (2, 24), generator=torch.Generator().manual_seed(0))
+        y = torch.randint(0, N_AUDIO, (2, 24), generator=torch.Generator().manual_seed(1))
+        doc = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
+        torch.manual_seed(2)
+        model(x, y, doc=doc).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert calls == [False, True, True]  # checkpointed, a block runs again in the backward pass
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)
 
 
 @pytest.mark.parametrize("kw", [{}, {"audio_pos_rate": 0.55}, {"audio_pos_rate": 0.55, "align_audio_pos": True}])

@@ -1,6 +1,8 @@
-"""train.py: the loss falls, a resumed run continues the same curve, and DDP (gloo, 2 processes) writes once."""
+"""train.py: the loss falls (bucketed and packed), a resumed run continues the same curve, and DDP (gloo, 2 processes)
+writes once."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,16 @@ def test_loss_falls(trained):
     assert curve[40] < curve[1] - 3.0
     assert os.path.exists(os.path.join(out_dir, "ckpt.pt"))
     assert not [f for f in os.listdir(out_dir) if ".tmp" in f]
+
+
+def test_packed_run_loss_falls(corpus):
+    """Rows packed with whole utterances (and activation checkpointing on): little padding, and it learns."""
+    proc = run("train.py", CONFIG, *TINY, "--packing=True", "--activation_checkpointing=True", "--max_iters=12",
+               "--eval_interval=12", "--out_dir=packed", cwd=corpus)
+    assert "each iteration: 8 rows of 192 tokens" in proc.stdout
+    assert float(re.search(r"padding: ([\d.]+)% of the positions in a batch \(packed\)", proc.stdout)[1]) < 5.0
+    curve = losses(os.path.join(corpus, "packed"))
+    assert curve[1] > 10.0 and curve[12] < curve[1] - 3.0
 
 
 def test_killed_run_resumes_on_the_same_curve(corpus):
