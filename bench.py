@@ -214,7 +214,7 @@ def train_batch(batch, seq_len, prompt_len, device):
 def bench_train(model, batch, seq_len, prompt_len, steps, warmup, compile_, ptdtype, device, sync, peak_flops):
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     model.train()
-    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
+    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
     step_model = torch.compile(model) if compile_ else model
     autocast = torch.autocast(device_type, dtype=ptdtype, enabled=ptdtype != torch.float32)
     x, y = train_batch(batch, seq_len, prompt_len, device)
@@ -224,8 +224,9 @@ def bench_train(model, batch, seq_len, prompt_len, steps, warmup, compile_, ptdt
             loss = step_model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     for _ in range(warmup):  # compiles, allocates the optimizer state
         step()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data import CheckpointError, SyntheticSpeech, load_checkpoint
-from model import EOA, GPT, N_AUDIO, GPTConfig, make_prompt, text_to_tokens
+from model import EOA, GPT, N_AUDIO, GPTConfig, decode_one_token, make_prompt, text_to_tokens
 
 TOKENS_PER_SECOND = 25
 
@@ -98,7 +98,7 @@ def split_text(text, max_bytes):
 
 @torch.no_grad()
 def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0.0, seed=1337, batch_size=16,
-               cfg_scale=1.0, voices=None, frames_per_byte=2.5, on_token=None):
+               cfg_scale=1.0, voices=None, frames_per_byte=2.5, on_token=None, decode_step=None):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
 
@@ -109,6 +109,7 @@ def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0
     the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly. max_seconds caps each
     chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
     on_token: streaming (one text only): called with each audio id as soon as it is sampled.
+    decode_step: a torch.compile'd model.decode_one_token (see sample.py --compile), or None for the eager one.
     """
     assert on_token is None or len(texts) == 1, "streaming takes one text"
     block = model.config.block_size
@@ -146,7 +147,8 @@ def synthesize(model, texts, max_seconds=30.0, temperature=0.8, top_k=0, top_p=0
             if max_new < 1:
                 raise ValueError(f"text does not fit this model's block_size {block}")
             args = dict(temperature=temperature, top_k=top_k or None, top_p=top_p or None, generator=generator,
-                        uncond_prompts=unconds if cfg_scale != 1.0 else None, cfg_scale=cfg_scale)
+                        uncond_prompts=unconds if cfg_scale != 1.0 else None, cfg_scale=cfg_scale,
+                        decode_step=decode_step)
             if on_token is None:
                 audio = model.generate(prompts, max_new, **args)
             else:  # streaming one text: hand each token on as soon as it is sampled
@@ -248,13 +250,16 @@ if __name__ == "__main__":
     codec_config = "checkpoints/stable-codec/model_config.json"
     codec_ckpt = "checkpoints/stable-codec/model.ckpt"  # '' = random weights (a test fixture, not speech)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"  # weights+cache
+    compile = False  # torch.compile the decode step (a CUDA graph on GPU): a slow first chunk, then the fastest decode
     # -----------------------------------------------------------------------------
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     # -----------------------------------------------------------------------------
     if not (temperature >= 0 and top_k >= 0 and 0 <= top_p <= 1 and 0 < max_seconds <= 3600 and batch_size >= 1
-            and 0 < cfg_scale <= 20 and temperature <= 10 and audio in ("auto", "yes", "no")):
+            and 0 < cfg_scale <= 20 and temperature <= 10 and audio in ("auto", "yes", "no")
+            and dtype in ("float32", "bfloat16", "float16")):
         fail("need 0 <= temperature <= 10, top_k >= 0, 0 <= top_p <= 1, 0 < max_seconds <= 3600, batch_size >= 1, "
-             "0 < cfg_scale <= 20, audio in auto|yes|no")
+             "0 < cfg_scale <= 20, audio in auto|yes|no, dtype in float32|bfloat16|float16")
     codec = None
 
     def codec_loader():
@@ -271,6 +276,11 @@ if __name__ == "__main__":
         texts = read_texts(text, text_file)
         voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
         model, checkpoint = load_model(ckpt or os.path.join(out_dir, "ckpt.pt"), device)
+        model = model.to(getattr(torch, dtype))  # as gpt-fast: weights and KV cache in the compute dtype
+        decode_step = None
+        if compile:  # one graph per cache length (GPT.stream rounds it up to a multiple of 256)
+            decode_step = torch.compile(decode_one_token, mode="reduce-overhead" if "cuda" in device else None,
+                                        dynamic=False)
         synthetic = checkpoint.get("config", {}).get("dataset") == "synthetic"
         on_token, finish, first = None, None, []
         if stream:
@@ -305,7 +315,7 @@ if __name__ == "__main__":
                 on_token, finish = decoder.push, decoder.flush
         t0 = time.time()
         outputs = synthesize(model, texts, max_seconds, temperature, top_k, top_p, seed, batch_size, cfg_scale,
-                             [voice] * len(texts), on_token=on_token)
+                             [voice] * len(texts), on_token=on_token, decode_step=decode_step)
         if finish:
             finish()
             if stream_to != "-":

@@ -79,7 +79,8 @@ qk_norm = True
 bias = False
 dropout = 0.0
 tie_weights = False
-# AdamW optimizer
+# optimizer: 'adamw', or 'muon' (Muon for the blocks' matrices, AdamW for the rest; see GPT.configure_optimizers)
+optimizer = "adamw"
 learning_rate = 6e-4
 max_iters = 100000
 weight_decay = 0.1
@@ -244,9 +245,18 @@ model.to(device)
 if master_process:
     print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without embedding)")
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+try:
+    optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
+except ValueError as e:
+    fail(str(e))
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    states = checkpoint["optimizer"]
+    states = states if isinstance(states, list) else [states]  # a checkpoint from before optimizer lists
+    if len(states) != len(optimizers):
+        used = checkpoint.get("config", {}).get("optimizer", "adamw")
+        fail(f"{ckpt_path} was trained with --optimizer={used}; resume with that (not {optimizer})")
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
 checkpoint = None  # free memory
 
 raw_model = model
@@ -293,7 +303,8 @@ def get_lr(it):
 
 
 def save(it):
-    save_checkpoint(ckpt_path, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+    save_checkpoint(ckpt_path, {"model": raw_model.state_dict(),
+                                "optimizer": [opt.state_dict() for opt in optimizers],
                                 "model_args": model_args, "iter_num": it, "best_val_loss": best_val_loss,
                                 "config": config})
 
@@ -361,7 +372,7 @@ t0 = time.time()
 local_iter_num = 0
 while True:
     lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
+    for group in (group for opt in optimizers for group in opt.param_groups):
         group["lr"] = lr
 
     if iter_num % eval_interval == 0 and master_process and (iter_num > 0 or eval_only):
@@ -393,11 +404,14 @@ while True:
             loss = loss / gradient_accumulation_steps
         scaler.scale(loss).backward()
     if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
+        for opt in optimizers:
+            scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
+    for opt in optimizers:
+        scaler.step(opt)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
 
     iter_num += 1
     local_iter_num += 1

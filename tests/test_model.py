@@ -200,3 +200,47 @@ def test_param_count_and_mfu():
     assert n == sum(p.numel() for p in model.parameters()) - model.wte.weight.numel() - 2 * 216 * 32
     mfu = model.estimate_mfu(tokens_per_iter=1000, seq_len=64, dt=1.0, peak_flops=1e12)
     assert mfu == pytest.approx(model.flops_per_token(64) * 1000 / 1e12)
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_optimizers_cover_every_parameter_once_and_step(name):
+    model = tiny().train()
+    optimizers = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", name)
+    assert len(optimizers) == (2 if name == "muon" else 1)
+    covered = [id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]]
+    assert sorted(covered) == sorted(id(p) for p in model.parameters())
+    if name == "muon":  # Muon takes exactly the blocks' matrices
+        muon = {id(p) for group in optimizers[1].param_groups for p in group["params"]}
+        assert muon == {id(p) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    x = torch.randint(0, N_AUDIO, (4, 16))
+    y = torch.randint(0, N_AUDIO, (4, 16))
+    losses = []
+    for _ in range(5):
+        loss = model(x, y)
+        losses.append(loss.item())
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="adamw"):
+        model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", "sgd")
+
+
+def test_muon_matches_torch_muon():
+    """Ours runs Newton-Schulz in float32 on CPU; torch.optim.Muon in bf16: the same steps up to bf16 rounding."""
+    from model import Muon
+
+    torch.manual_seed(0)
+    ours, ref = torch.nn.Parameter(torch.randn(96, 32)), torch.nn.Parameter(torch.randn(96, 32))
+    ref.data.copy_(ours.data)
+    opts = [Muon([ours], lr=0.01, weight_decay=0.1),
+            torch.optim.Muon([ref], lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")]
+    start = ours.detach().clone()
+    for _ in range(3):
+        g = torch.randn(96, 32)
+        ours.grad, ref.grad = g.clone(), g.clone()
+        for opt in opts:
+            opt.step()
+    assert (ours - start).abs().max() > 0.01  # it moved
+    torch.testing.assert_close(ours.detach(), ref.detach(), atol=2e-3, rtol=0)
