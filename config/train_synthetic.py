@@ -7,21 +7,24 @@ dtype = "float32"
 compile = False
 
 block_size = 256  # fits every one-sentence utterance (and all but a handful with --max_sentences=2)
-batch_size = 32
+batch_size = 16  # more, smaller steps: 16 x 2400 beat 32 x 1200 (val loss 0.649 vs 0.684, AdamW)
 gradient_accumulation_steps = 1
 text_dropout = 0.0  # > 0 (e.g. 0.1) trains the unconditional model classifier-free guidance needs
 
 n_layer = 4
-n_head = 4
+n_head = 8
 n_embd = 128
 qk_norm = True
+align_audio_pos = True  # audio frame k at RoPE position 0.57 k, near the byte it speaks (1.55-2.0 frames per byte)
+audio_pos_rate = 0.57
 
-learning_rate = 3e-3
-max_iters = 1200
+optimizer = "muon"  # val loss 0.616 vs 0.646 for AdamW after the same 2400 steps (n_head 4)
+learning_rate = 1e-2
+max_iters = 1900
 warmup_iters = 30
-lr_decay_iters = 1200
-min_lr = 3e-4
+lr_decay_iters = 1900
+min_lr = 1e-3
 weight_decay = 0.1
-eval_interval = 300
+eval_interval = 500
 eval_iters = 10
 log_interval = 20

@@ -1,0 +1,35 @@
+# The synthetic corpus with up to two sentences per utterance (40% have two): the model hears speech continue
+# mid-text, which voice prompts and long texts (each chunk prompted by the previous one) need. ~10 min on 2 cores:
+#   python prepare.py --dataset=synthetic --max_sentences=2 --out_dir=data/synthetic2
+#   python train.py config/train_synthetic_prompts.py
+#   python eval.py --out_dir=out-synthetic2 --prompted=True      # speaker_acc: outputs in the prompt's voice
+#   python eval.py --out_dir=out-synthetic2 --long_chars=2000    # long_cer: 2,000-character texts, chunked
+out_dir = "out-synthetic2"
+dataset = "synthetic"
+data_dir = "data/synthetic2"
+device = "cpu"
+dtype = "float32"
+compile = False
+
+block_size = 256
+batch_size = 16
+gradient_accumulation_steps = 1
+text_dropout = 0.0
+
+n_layer = 4
+n_head = 8
+n_embd = 128
+qk_norm = True
+align_audio_pos = True
+audio_pos_rate = 0.57
+
+optimizer = "muon"
+learning_rate = 1e-2
+max_iters = 3600
+warmup_iters = 30
+lr_decay_iters = 3600
+min_lr = 1e-3
+weight_decay = 0.1
+eval_interval = 600
+eval_iters = 10
+log_interval = 20
