@@ -218,8 +218,9 @@ class SyntheticSpeech:
       byte's onset or a hold, so the model must read ahead in the text and keep time;
     - each speaker changes every id in its own way; ids are spread over the whole 0..46655 range by an affine
       bijection, so neighbouring ids share nothing (the hard case for a model: no structure to lean on);
-    - one sentence per utterance, or up to max_sentences (40% of them): with two, a model learns to continue
-      speech mid-text, which voice prompts and long-text chunks need;
+    - one sentence per utterance, or up to max_sentences (40% of them), each spoken on its own and joined: a voice
+      prompt or the previous chunk of a long text is a finished utterance (its last frame has the end-of-text
+      context), so a model that hears finished sentences continue learns what prompts and chunks need;
     - `recognise` inverts it exactly: any token sequence -> (text, speaker per frame), which makes character error
       rate (CER) and speaker consistency the toy counterparts of ASR WER and speaker similarity.
     """
@@ -246,10 +247,10 @@ class SyntheticSpeech:
         text = " ".join(words)
         return text[0].upper() + text[1:] + str(rng.choice([".", ".", ".", "?", "!"]))
 
-    def text(self, rng):
+    def sentences(self, rng):
         """One sentence, or (40%) more: a model that has heard two in a row can continue a prompt or a chunk."""
         n = 1 if self.max_sentences == 1 or rng.random() < 0.6 else int(rng.integers(2, self.max_sentences + 1))
-        return " ".join(self.sentence(rng) for _ in range(n))
+        return [self.sentence(rng) for _ in range(n)]
 
     def speak(self, text, speaker, rng):
         """text bytes -> codec-like ids, one per 40 ms frame."""
@@ -265,8 +266,9 @@ class SyntheticSpeech:
 
     def utterance(self, rng):
         speaker = int(rng.integers(self.n_speakers))
-        text = self.text(rng).encode()
-        return text, self.speak(text, speaker, rng), speaker
+        parts = [s.encode() if i == 0 else b" " + s.encode() for i, s in enumerate(self.sentences(rng))]
+        audio = np.concatenate([self.speak(part, speaker, rng) for part in parts])  # each finished on its own
+        return b"".join(parts), audio, speaker
 
     def decode_frames(self, ids):
         """ids -> (byte, phase, speaker) per frame; all -1 for an id no speaker ever says."""

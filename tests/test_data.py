@@ -97,3 +97,19 @@ def test_recogniser_handles_any_sequence():
     heard, speakers = corpus.recognise(np.random.default_rng(0).integers(0, N_AUDIO, 500))
     assert isinstance(heard, str) and len(speakers) == 500 and (speakers >= -1).all()
     assert corpus.recognise([])[0] == ""
+
+
+def test_sentences_of_an_utterance_are_each_spoken_to_their_end():
+    """As a voice prompt (or a long text's previous chunk) is a finished utterance that new text then follows."""
+    corpus = SyntheticSpeech()
+    train, _, _ = synthetic_corpus(5, 200, 1, max_sentences=2)
+    two = [(t, a) for t, a, _ in train if any(p in t for p in (b". ", b"? ", b"! "))]
+    assert len(two) > 40
+    for text, audio in two:
+        assert corpus.recognise(audio)[0] == text.decode()
+        first_len = max(text.find(p) for p in (b". ", b"? ", b"! ")) + 1
+        _, phase, _ = corpus.decode_frames(audio)
+        space_onset = np.flatnonzero(phase == 0)[first_len]  # the frame where the second sentence's space starts
+        code = (audio[space_onset - 1] - corpus.shift) * corpus.unscale % N_AUDIO
+        next_class = code // (corpus.n_speakers * corpus.n_phases) % corpus.n_classes
+        assert next_class == corpus.byte_class[256]  # the first sentence's last frame: "end of text", not "space"
