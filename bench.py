@@ -228,16 +228,9 @@ def bench_train(model, batch, seq_len, prompt_len, steps, warmup, compile_, ptdt
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):  # compiles, allocates the optimizer state
+    for _ in range(warmup - 1):  # compiles, allocates the optimizer state (timed() makes one more untimed call)
         step()
-    times = []
-    for _ in range(steps):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    dt = statistics.median(times)
+    dt = statistics.median(timed(step, sync, steps))
     tokens = batch * seq_len
     return {
         "batch_size": batch,
