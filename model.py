@@ -238,19 +238,21 @@ class Block(nn.Module):
 
 def newton_schulz(g, steps=5, eps=1e-7):
     """
-    ~U V^T for g = U S V^T: Muon's quintic Newton-Schulz iteration (Keller Jordan's coefficients, as in
-    torch.optim.Muon). bf16 on CUDA, as there; float32 elsewhere, since a CPU without bf16 units emulates bf16
-    matmuls: torch.optim.Muon's fixed bf16 made a synthetic-corpus step on this project's 2-core CPU 4x slower.
+    ~U V^T for each g = U S V^T in a batch [..., m, n]: Muon's quintic Newton-Schulz iteration (Keller Jordan's
+    coefficients, as in torch.optim.Muon). bf16 on CUDA, as there; float32 elsewhere, since a CPU without bf16 units
+    emulates bf16 matmuls: torch.optim.Muon's fixed bf16 made a synthetic-corpus step on this project's 2-core CPU 4x
+    slower.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16() if g.is_cuda else g.float()
-    tall = x.size(0) > x.size(1)
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+    tall = x.size(-2) > x.size(-1)
+    x = x.mT if tall else x
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
     for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a) if x.dim() == 3 \
+            else torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -258,7 +260,10 @@ class Muon(torch.optim.Optimizer):
     Muon (https://kellerjordan.github.io/posts/muon/) for 2-D weight matrices: Nesterov momentum, orthogonalised,
     so every direction of the update moves by about the same amount. The step is scaled by 0.2 * sqrt(max(shape))
     to match AdamW's update size ("match_rms_adamw", Moonshot's recipe), so it shares AdamW's learning rate; weight
-    decay is decoupled. The same update as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), but float32 on CPU.
+    decay is decoupled. The same update as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), but float32 on CPU,
+    and matrices of one shape (a block's qkv in every layer, ...) are orthogonalised together in one batched
+    iteration: a third less time than one by one for the synthetic model on CPU, where Newton-Schulz is a fifth of
+    a step.
     """
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.95):
@@ -267,17 +272,22 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            by_shape = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = newton_schulz(p.grad.lerp(buf, group["momentum"]))
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape)))
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                grads = [p.grad for p in params]
+                bufs = []
+                for p in params:
+                    if "momentum_buffer" not in self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                    bufs.append(self.state[p]["momentum_buffer"])
+                torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
+                nesterov = torch.stack(torch._foreach_lerp(grads, bufs, group["momentum"]))
+                updates = newton_schulz(nesterov).unbind(0)
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+                torch._foreach_add_(params, updates, alpha=-group["lr"] * 0.2 * math.sqrt(max(shape)))
 
 
 class GPT(nn.Module):

@@ -228,19 +228,25 @@ def test_optimizers_cover_every_parameter_once_and_step(name):
 
 
 def test_muon_matches_torch_muon():
-    """Ours runs Newton-Schulz in float32 on CPU; torch.optim.Muon in bf16: the same steps up to bf16 rounding."""
+    """
+    Ours runs Newton-Schulz in float32 on CPU, matrices of one shape batched together; torch.optim.Muon one by one
+    in bf16: the same steps up to bf16 rounding.
+    """
     from model import Muon
 
     torch.manual_seed(0)
-    ours, ref = torch.nn.Parameter(torch.randn(96, 32)), torch.nn.Parameter(torch.randn(96, 32))
-    ref.data.copy_(ours.data)
-    opts = [Muon([ours], lr=0.01, weight_decay=0.1),
-            torch.optim.Muon([ref], lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")]
-    start = ours.detach().clone()
+    shapes = [(96, 32), (32, 80), (96, 32), (32, 80), (96, 32)]  # tall and wide, three of one shape
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opts = [Muon(ours, lr=0.01, weight_decay=0.1),
+            torch.optim.Muon(ref, lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")]
+    start = [p.detach().clone() for p in ours]
     for _ in range(3):
-        g = torch.randn(96, 32)
-        ours.grad, ref.grad = g.clone(), g.clone()
+        for a, b in zip(ours, ref):
+            g = torch.randn(a.shape)
+            a.grad, b.grad = g.clone(), g.clone()
         for opt in opts:
             opt.step()
-    assert (ours - start).abs().max() > 0.01  # it moved
-    torch.testing.assert_close(ours.detach(), ref.detach(), atol=2e-3, rtol=0)
+    for a, b, s in zip(ours, ref, start):
+        assert (a - s).abs().max() > 0.01  # it moved
+        torch.testing.assert_close(a.detach(), b.detach(), atol=2e-3, rtol=0)
