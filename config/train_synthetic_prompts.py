@@ -1,5 +1,5 @@
 # The synthetic corpus with up to two sentences per utterance (40% have two): the model hears speech continue
-# mid-text, which voice prompts and long texts (each chunk prompted by the previous one) need. ~10 min on 2 cores:
+# mid-text, which voice prompts and long texts (each chunk prompted by the previous one) need. ~14 min on 2 cores:
 #   python prepare.py --dataset=synthetic --max_sentences=2 --out_dir=data/synthetic2
 #   python train.py config/train_synthetic_prompts.py
 #   python eval.py --out_dir=out-synthetic2 --prompted=True      # speaker_acc: outputs in the prompt's voice
@@ -12,7 +12,7 @@ dtype = "float32"
 compile = False
 
 block_size = 256
-batch_size = 16
+batch_size = 32
 gradient_accumulation_steps = 1
 text_dropout = 0.0
 
@@ -25,9 +25,9 @@ audio_pos_rate = 0.57
 
 optimizer = "muon"
 learning_rate = 1e-2
-max_iters = 3600
+max_iters = 3000
 warmup_iters = 30
-lr_decay_iters = 3600
+lr_decay_iters = 3000
 min_lr = 1e-3
 weight_decay = 0.1
 eval_interval = 600

@@ -42,6 +42,7 @@ def test_eval_prints_json_last(trained):
                "--cfg_scale=2.0", cwd=work)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0 <= result["speaker_acc"] <= 1 and result["long_n"] == 3 and result["long_cer"] >= 0
+    assert 0 <= result["long_one_voice"] <= 1 and result["long_speaker_consistency"] <= result["long_one_voice"]
 
 
 def one_line_error(proc, *needles):
