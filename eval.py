@@ -159,7 +159,7 @@ def one_voice(tokens, window=TOKENS_PER_SECOND):
     """
     Whether one speaker holds across a long output: every second of it (the last, partial one included) is mostly
     that speaker's frames. speaker_consistency's every-frame test fails a 2,000-character text on one stray frame in
-    ~10,000; this one fails it when the voice changes, which is what chunking can break.
+    ~3,600; this one fails it when the voice changes, which is what chunking can break.
     """
     return len({scores_speaker(tokens[i:i + window]) for i in range(0, len(tokens), window)}) == 1
 
