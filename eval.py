@@ -52,7 +52,7 @@ import torch
 import speech_metrics as sm
 from codec import HOP, Codec, CodecUnavailable
 from data import CheckpointError, Shards, SyntheticSpeech
-from sample import TOKENS_PER_SECOND, fail, load_model, synthesize
+from sample import TEMPERATURE, TOKENS_PER_SECOND, fail, load_model, synthesize
 
 # -----------------------------------------------------------------------------
 mode = ""  # synthetic | reference | roundtrip | model; "" = synthetic for a synthetic-corpus model, else model
@@ -64,7 +64,7 @@ data_dir = ""  # synthetic mode: default the dataset the model was trained on
 n = 0
 batch_size = 32
 max_seconds = 30.0
-temperature = 0.6  # synthetic corpus (README): CER 0.17 at T=1, 0.064 at 0.8, 0.044 at 0.6, no better lower
+temperature = TEMPERATURE  # sample.py's default
 top_k = 0
 top_p = 0.0
 cfg_scale = 1.0  # classifier-free guidance as in sample.py; 1 = off
