@@ -3,12 +3,15 @@ Data shared by prepare.py, train.py, sample.py and eval.py: the on-disk shard fo
 built-in synthetic speech corpus.
 
 Shard format (one folder per dataset, e.g. data/synthetic/), defined here and nowhere else:
-    meta.json           {"format": "dirt-shards-v1", "dataset", "tokens_per_second": 25, "speakers": [names],
+    meta.json           {"format": "dirt-shards-v2", "dataset", "tokens_per_second": 25, "speakers": [names],
                          "splits": {"train": {"utterances", "text_bytes", "audio_tokens"}, "val": {...}}, ...}
     {split}.text.bin    uint8: the UTF-8 bytes of every transcript, back to back
     {split}.audio.bin   uint16: the Stable Codec ids (0..46655) of every utterance, back to back
-    {split}.index.npy   int64 [N, 5]: text_start, text_len, audio_start, audio_len, speaker (index into
-                        meta["speakers"], -1 if unknown)
+    {split}.index.npy   int64 [N, 7]: text_start, text_len, audio_start, audio_len, speaker (index into
+                        meta["speakers"], -1 if unknown), border_text, border_audio (where the utterance's last
+                        sentence starts when it was spoken on its own after the others, in bytes and frames: the
+                        model's continuation anchor, see model.GPTConfig.anchor_continuations; 0, 0 if none)
+v1 shards (no border columns) still read, as utterances without borders.
 The .bin files are read through np.memmap, so a corpus far bigger than RAM trains without loading it. Every file is
 written to a temporary name and renamed into place, so a reader never sees half a shard.
 """
@@ -20,8 +23,9 @@ import numpy as np
 
 from model import EOA, N_AUDIO, PAD, SOA, TEXT_OFFSET
 
-FORMAT = "dirt-shards-v1"
-INDEX_COLUMNS = ("text_start", "text_len", "audio_start", "audio_len", "speaker")
+FORMAT = "dirt-shards-v2"
+READABLE_FORMATS = ("dirt-shards-v1", FORMAT)
+INDEX_COLUMNS = ("text_start", "text_len", "audio_start", "audio_len", "speaker", "border_text", "border_audio")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -38,17 +42,23 @@ def _atomic_save(path, write):
 
 
 def write_split(out_dir, split, utterances):
-    """Write one split. utterances: iterable of (text: bytes, audio: int array of codec ids, speaker: int)."""
+    """
+    Write one split. utterances: iterable of (text: bytes, audio: int array of codec ids, speaker: int), optionally
+    with a fourth item (border_text, border_audio): where its last sentence starts (see the index above).
+    """
     os.makedirs(out_dir, exist_ok=True)
     texts, audios, index = [], [], []
     text_pos = audio_pos = 0
-    for text, audio, speaker in utterances:
+    for text, audio, speaker, *border in utterances:
         audio = np.asarray(audio)
         if audio.size and (audio.min() < 0 or audio.max() >= N_AUDIO):
             raise ValueError(f"audio ids must be in 0..{N_AUDIO - 1}")
+        border_text, border_audio = border[0] if border else (0, 0)
+        if not (0 <= border_text < max(1, len(text)) and 0 <= border_audio < max(1, len(audio))):
+            raise ValueError(f"border ({border_text}, {border_audio}) is outside its utterance")
         texts.append(np.frombuffer(bytes(text), dtype=np.uint8))
         audios.append(audio.astype(np.uint16))
-        index.append((text_pos, len(text), audio_pos, len(audio), speaker))
+        index.append((text_pos, len(text), audio_pos, len(audio), speaker, border_text, border_audio))
         text_pos += len(text)
         audio_pos += len(audio)
     index = np.array(index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS))
@@ -70,7 +80,7 @@ def read_meta(data_dir):
         raise FileNotFoundError(f"no dataset at {data_dir} (missing meta.json); run prepare.py first")
     with open(path) as f:
         meta = json.load(f)
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; re-run prepare.py")
     return meta
 
@@ -81,6 +91,8 @@ class Shards:
     def __init__(self, data_dir, split):
         self.meta = read_meta(data_dir)
         self.index = np.load(os.path.join(data_dir, f"{split}.index.npy"))
+        if self.index.shape[1] < len(INDEX_COLUMNS):  # v1: no borders
+            self.index = np.pad(self.index, ((0, 0), (0, len(INDEX_COLUMNS) - self.index.shape[1])))
         self.text = self._memmap(os.path.join(data_dir, f"{split}.text.bin"), np.uint8)
         self.audio = self._memmap(os.path.join(data_dir, f"{split}.audio.bin"), np.uint16)
 
@@ -95,8 +107,16 @@ class Shards:
 
     def __getitem__(self, i):
         """-> (text bytes, audio ids as int64 array, speaker index)"""
-        ts, tl, as_, al, speaker = (int(v) for v in self.index[i])
+        ts, tl, as_, al, speaker = (int(v) for v in self.index[i, :5])
         return bytes(self.text[ts:ts + tl]), self.audio[as_:as_ + al].astype(np.int64), speaker
+
+    def anchor(self, i, text_dropped=False):
+        """
+        Utterance i's continuation anchor in its training stream (text, SOA, audio): (the stream offset of its first
+        sentence's last audio frame, the byte where the last sentence starts), or None (one sentence, or no text).
+        """
+        text_len, border_text, border_audio = (int(self.index[i, c]) for c in (1, 5, 6))
+        return None if text_dropped or border_audio == 0 else (text_len + border_audio, border_text)
 
     def stream_lengths(self):
         """Tokens per training stream: text + SOA + audio + EOA."""
@@ -132,7 +152,8 @@ def get_batch(shards, rows, batch_size, rng, text_dropout=0.0):
     utterances have about the same length and padding wastes almost nothing. Padded to the longest.
     text_dropout: the fraction of utterances whose text is removed, which teaches the model the unconditional
     distribution that classifier-free guidance needs.
-    x [B, T] inputs; y [B, T] next tokens, -1 where no loss is taken (text, SOA, padding).
+    x [B, T] inputs; y [B, T] next tokens, -1 where no loss is taken (text, SOA, padding); anchor [B, T]: at an
+    utterance's continuation anchor (Shards.anchor) the byte its last sentence starts at, -1 elsewhere.
     """
     picks = rows[(rng.integers(len(rows)) + np.arange(batch_size)) % len(rows)]
     drop = rng.random(batch_size) < text_dropout
@@ -140,9 +161,12 @@ def get_batch(shards, rows, batch_size, rng, text_dropout=0.0):
     T = max(len(s) for s in streams) - 1
     x = np.full((batch_size, T), PAD, dtype=np.int64)
     y = np.full((batch_size, T), -1, dtype=np.int64)
-    for r, s in enumerate(streams):
+    anchor = np.full((batch_size, T), -1, dtype=np.int64)
+    for r, (s, i, d) in enumerate(zip(streams, picks, drop)):
         x[r, : len(s) - 1], y[r, : len(s) - 1] = inputs_and_targets(s)
-    return x, y
+        if a := shards.anchor(i, d):
+            anchor[r, a[0]] = a[1]
+    return x, y, anchor
 
 
 def get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout=0.0, fill=0.97):
@@ -155,8 +179,8 @@ def get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout=0.0
     55 of 256 empty), and every utterance stays as likely to be drawn as in get_batch. With 3% left to spare, an
     utterance rarely fits nowhere (it is then left out); filling the last few percent too would mean leaving out
     more of them (long ones) or waiting for short ones: either would skew which utterances are trained on.
-    x, y [B, T] as get_batch; doc [B, T]: which utterance of its row each position holds (0, 1, ...; the padding is
-    one more), for GPT.forward to give each utterance its own positions and attention.
+    x, y, anchor [B, T] as get_batch; doc [B, T]: which utterance of its row each position holds (0, 1, ...; the
+    padding is one more), for GPT.forward to give each utterance its own positions and attention.
     """
     target, total = fill * batch_size * block_size, 0
     picks, drop, lengths = [], [], []
@@ -179,15 +203,18 @@ def get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout=0.0
     x = np.full((batch_size, block_size), PAD, dtype=np.int64)
     y = np.full((batch_size, block_size), -1, dtype=np.int64)
     doc = np.zeros((batch_size, block_size), dtype=np.int64)
+    anchor = np.full((batch_size, block_size), -1, dtype=np.int64)
     for r, ks in enumerate(placed):
         at = 0
         for d, k in enumerate(ks):
             text, audio, _ = shards[picks[k]]
             xs, ys = inputs_and_targets(utterance_stream(b"" if drop[k] else text, audio))
             x[r, at:at + len(xs)], y[r, at:at + len(xs)], doc[r, at:at + len(xs)] = xs, ys, d
+            if a := shards.anchor(picks[k], drop[k]):
+                anchor[r, at + a[0]] = a[1]
             at += len(xs)
         doc[r, at:] = len(ks)
-    return x, y, doc
+    return x, y, doc, anchor
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,10 +292,12 @@ class SyntheticSpeech:
         return (self.scale * code + self.shift) % N_AUDIO
 
     def utterance(self, rng):
+        """-> (text, audio, speaker, (border_text, border_audio): where its last sentence starts; 0, 0 if one)"""
         speaker = int(rng.integers(self.n_speakers))
         parts = [s.encode() if i == 0 else b" " + s.encode() for i, s in enumerate(self.sentences(rng))]
-        audio = np.concatenate([self.speak(part, speaker, rng) for part in parts])  # each finished on its own
-        return b"".join(parts), audio, speaker
+        spoken = [self.speak(part, speaker, rng) for part in parts]  # each finished on its own
+        border = (sum(map(len, parts[:-1])), sum(map(len, spoken[:-1])))
+        return b"".join(parts), np.concatenate(spoken), speaker, border
 
     def decode_frames(self, ids):
         """ids -> (byte, phase, speaker) per frame; all -1 for an id no speaker ever says."""

@@ -69,7 +69,8 @@ top_k = 0
 top_p = 0.0
 cfg_scale = 1.0  # classifier-free guidance as in sample.py; 1 = off
 prompted = False  # synthetic: continue another utterance of the same speaker (a voice prompt); adds speaker_acc
-long_chars = 0  # synthetic: also score texts of this many characters (chunked by sample.py); 0 = off
+long_chars = 0  # synthetic: also score texts of up to this many characters (chunked by sample.py); 0 = off
+long_n = 8  # how many such texts
 seed = 1337
 # real speech
 test_list = ""  # audio_path|transcript lines or JSONL (see above); "" = the Asterisk prompts
@@ -94,8 +95,9 @@ def evaluate_synthetic(model, checkpoint):
     """
     The synthetic corpus: sample held-out utterances and read them back with the corpus's exact recogniser.
     --prompted: each is spoken as the continuation of another held-out utterance of the same speaker (a voice
-    prompt), and speaker_acc counts outputs in the prompt's voice. --long_chars=N: also N-character texts made of
-    held-out sentences, which sample.py splits into chunks; long_cer and long_speaker_consistency score them.
+    prompt), and speaker_acc counts outputs in the prompt's voice. --long_chars=N: also long_n texts of whole held-out
+    sentences, up to N characters each, which sample.py splits into chunks; long_cer, long_speaker_consistency and
+    long_one_voice score them.
     """
     global data_dir
     trained_on = checkpoint.get("config", {})
@@ -137,14 +139,14 @@ def evaluate_synthetic(model, checkpoint):
         result["speaker_acc"] = round(sum(right) / max(1, sum(wanted)), 4)
     if long_chars:
         sentences = " ".join(texts).replace("? ", "?\n").replace(". ", ".\n").replace("! ", "!\n").split("\n")
-        longs, current = [], ""
-        for sentence in sentences * (1 + 3 * long_chars // max(1, len(" ".join(texts)))):
-            current = f"{current} {sentence}".strip()
-            if len(current) >= long_chars:
-                longs.append(current[:long_chars].rsplit(" ", 1)[0])
+        longs, current = [], ""  # whole sentences, as the short texts are: a cut one has no end to speak
+        for sentence in sentences * (1 + long_n * long_chars // max(1, len(" ".join(texts)))):
+            if current and len(current) + 1 + len(sentence) > long_chars:
+                longs.append(current)
                 current = ""
-                if len(longs) == 3:
+                if len(longs) == long_n:
                     break
+            current = f"{current} {sentence}".strip()
         long_out = synthesize(model, [t.encode() for t in longs], max_seconds, temperature, top_k, top_p, seed,
                               batch_size, cfg_scale)
         long_scores = score_synthetic(longs, long_out)

@@ -91,6 +91,11 @@ class GPTConfig:
     # Audio positions restart at the text's origin: the first audio frame sits at position 0 (the first byte), frame
     # k at k * audio_pos_rate, so with the rate near bytes per frame a frame sits near the byte it speaks.
     align_audio_pos: bool = False
+    # With align_audio_pos: where speech continues after a finished sentence (a voice prompt, the previous chunk of a
+    # long text, the second sentence of a training utterance), the audio positions restart at the continuation's first
+    # byte, as the first frame's do at byte 0. Without it the prompt's audio drifts from its text by the speaker's
+    # own rate (a slow speaker falls behind the prior) and the continuation starts a word early or late.
+    anchor_continuations: bool = False
     qk_norm: bool = False
     bias: bool = False
     dropout: float = 0.0
@@ -102,24 +107,43 @@ class GPTConfig:
         assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
         assert self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head"
         assert self.vocab_size >= PAD + 1, f"vocab_size must cover the token layout ({PAD + 1})"
+        assert self.align_audio_pos or not self.anchor_continuations, "anchor_continuations needs align_audio_pos"
 
 
-def stream_positions(offset, soa_at, rate, aligned=False):
+def stream_positions(offset, soa_at, rate, aligned=False, anchor_at=None, anchor_byte=None):
     """
     RoPE positions: offset within the stream up to its SOA, then rate per audio token (offset, soa_at: tensors).
     aligned: the audio restarts at the text's origin (first audio frame at 0) instead of continuing after the SOA.
+    anchor_at, anchor_byte (aligned only; tensors broadcasting with offset): the offset of the last audio token of a
+    finished sentence and the byte where the speech continues. From that token on the positions restart as they do
+    at the SOA: it sits one step before anchor_byte, so the continuation's first frame sits at that byte.
     """
     offset = offset.float()
     origin = torch.full_like(soa_at, -rate, dtype=torch.float) if aligned else soa_at.float()
-    return torch.where(offset > soa_at, origin + (offset - soa_at) * rate, offset).clamp(min=0)
+    pos = torch.where(offset > soa_at, origin + (offset - soa_at) * rate, offset)
+    if anchor_at is not None:
+        pos = torch.where(offset >= anchor_at, anchor_byte + (offset - anchor_at - 1) * rate, pos)
+    return pos.clamp(min=0)
 
 
-def packed_layout(idx, doc, rate, aligned=False):
+def anchor_offsets(anchor, offset, group, n_groups, T):
+    """
+    anchor [B, T]: the continuation's byte at a finished sentence's last audio token, -1 elsewhere (data.py makes
+    it). -> (anchor_at, anchor_byte) [B, T] for stream_positions: the anchor's offset and byte in each position's
+    group (its utterance, for packed rows), T and 0 where the group has none.
+    """
+    at = torch.where(anchor >= 0, offset, T)
+    anchor_at = torch.full((anchor.shape[0], n_groups), T, device=anchor.device).scatter_reduce(1, group, at, "amin")
+    anchor_byte = torch.zeros_like(anchor_at).scatter_reduce(1, group, anchor.clamp(min=0), "amax")
+    return anchor_at.gather(1, group), anchor_byte.gather(1, group)
+
+
+def packed_layout(idx, doc, rate, aligned=False, anchor=None):
     """
     Rows holding several utterances back to back (idx, doc [B, T]; an utterance is a run of equal doc ids). Returns
     what makes each utterance compute exactly what it would alone: its RoPE positions, restarting at 0 with its SOA
     found in it (pos [B, T]); the attention mask, causal and within the utterance (mask [B, 1, T, T]); and where
-    each utterance starts (starts [B, T] bool).
+    each utterance starts (starts [B, T] bool). anchor [B, T]: see anchor_offsets.
     """
     B, T = idx.shape
     t = torch.arange(T, device=idx.device)
@@ -130,7 +154,8 @@ def packed_layout(idx, doc, rate, aligned=False):
     # each utterance's first SOA as an offset within it (T if it has none, as for a whole row), spread to its tokens
     soa = torch.where(idx == SOA, offset, T)
     soa_at = torch.full_like(soa, T).scatter_reduce(1, seg, soa, "amin").gather(1, seg)
-    pos = stream_positions(offset, soa_at, rate, aligned)
+    anchor_at, anchor_byte = anchor_offsets(anchor, offset, seg, T, T) if anchor is not None else (None, None)
+    pos = stream_positions(offset, soa_at, rate, aligned, anchor_at, anchor_byte)
     mask = (t[:, None] >= t[None, :]) & (seg[:, :, None] == seg[:, None, :])
     return pos, mask[:, None], starts
 
@@ -343,7 +368,7 @@ class GPT(nn.Module):
         digits = self.coarse_embed(a // N_FINE) + self.fine_embed(a % N_FINE)
         return x + digits * audio
 
-    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None):
+    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None):
         """
         idx [B, T] token ids. targets [B, T] next-token ids with -1 where there is no loss (text, padding).
         With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
@@ -352,13 +377,16 @@ class GPT(nn.Module):
         slots each query may see) and input_pos [T] (the cache slots written).
         doc [B, T]: packed training rows (data.get_packed_batch), an utterance per run of equal ids. Each utterance
         gets the positions it has alone and attends only to itself: the row computes what they would one by one.
+        anchor [B, T]: training rows' continuation anchors (data.py; see GPTConfig.anchor_continuations), or None.
         """
         B, T = idx.shape
         varlen = None
+        anchor = anchor if self.config.anchor_continuations else None
         if doc is not None:
             assert pos is None and mask is None, "doc is for training rows; generation gives its own pos and mask"
             assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
-            pos, mask, starts = packed_layout(idx, doc, self.config.audio_pos_rate, self.config.align_audio_pos)
+            pos, mask, starts = packed_layout(idx, doc, self.config.audio_pos_rate, self.config.align_audio_pos,
+                                              anchor)
             if flash_attn_varlen_func is not None and idx.is_cuda:  # where each utterance starts, flattened
                 cu_seqlens = F.pad(starts.flatten().nonzero().flatten(), (0, 1), value=B * T).int()
                 varlen = (cu_seqlens, int(cu_seqlens.diff().max()))
@@ -366,7 +394,11 @@ class GPT(nn.Module):
             assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
             offset = torch.arange(T, device=idx.device).expand(B, T)
             soa_at = torch.where(idx == SOA, offset, T).min(dim=1, keepdim=True).values
-            pos = stream_positions(offset, soa_at, self.config.audio_pos_rate, self.config.align_audio_pos)
+            anchor_at = anchor_byte = None
+            if anchor is not None:  # one utterance per row: one group
+                anchor_at, anchor_byte = anchor_offsets(anchor, offset, torch.zeros_like(offset), 1, T)
+            pos = stream_positions(offset, soa_at, self.config.audio_pos_rate, self.config.align_audio_pos,
+                                   anchor_at, anchor_byte)
         angles = pos.float()[..., None] * self.rope_inv_freq
         cos, sin = angles.cos(), angles.sin()
         x = self.drop(self.embed(idx))
@@ -444,14 +476,14 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 uncond_prompts=None, cfg_scale=1.0, decode_step=None):
+                 uncond_prompts=None, cfg_scale=1.0, decode_step=None, anchors=None):
         """
         Continue each prompt (a 1-D LongTensor from make_prompt) with audio tokens until it emits EOA or has
         written max_new_tokens. Returns a list of 1-D LongTensors of audio ids (EOA not included).
         See stream() for the arguments.
         """
         steps = list(self.stream(prompts, max_new_tokens, temperature, top_k, top_p, generator, uncond_prompts,
-                                 cfg_scale, decode_step))
+                                 cfg_scale, decode_step, anchors))
         out = torch.stack(steps, 1) if steps else torch.empty(len(prompts), 0, dtype=torch.long)
         results = []
         for row in out:
@@ -461,7 +493,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-               uncond_prompts=None, cfg_scale=1.0, decode_step=None):
+               uncond_prompts=None, cfg_scale=1.0, decode_step=None, anchors=None):
         """
         Yield the next token of every row ([B] LongTensor, EOA once a row is done) as soon as it is sampled.
         Prompts of different lengths are left-padded into one batch: pads are masked out and each row keeps its own
@@ -469,6 +501,8 @@ class GPT(nn.Module):
         Classifier-free guidance: uncond_prompts (the same prompts without their text) run in the same batch, and
         logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
         decode_step: an optionally compiled `decode_one_token` (see sample.py).
+        anchors: per prompt, None or (for one that ends in a voice prompt's audio) the byte of its text where the new
+        speech starts; with GPTConfig.anchor_continuations the new audio's positions restart there.
         """
         device = self.wte.weight.device
         B = len(prompts)
@@ -491,8 +525,13 @@ class GPT(nn.Module):
         slots = torch.arange(total, device=device)
         valid = slots[None, :] >= pad[:, None]  # [rows, total]: which cache slots hold real tokens, per row
         soa_at = torch.tensor([int((p == SOA).nonzero()[0]) for p in rows], device=device)[:, None]
+        anchor_at = anchor_byte = None
+        if self.config.anchor_continuations and anchors is not None and any(a is not None for a in anchors):
+            anchored = torch.tensor([a is not None for a in anchors] + [False] * (len(rows) - B), device=device)
+            anchor_at = torch.where(anchored, lengths - 1, total)[:, None]  # the prompt's last audio token
+            anchor_byte = torch.tensor([a or 0 for a in anchors] + [0] * (len(rows) - B), device=device)[:, None]
         pos_all = stream_positions(slots[None, :] - pad[:, None], soa_at, self.config.audio_pos_rate,
-                                   self.config.align_audio_pos)
+                                   self.config.align_audio_pos, anchor_at, anchor_byte)
 
         self.setup_cache(len(rows), total)
         decode_step = decode_step or decode_one_token

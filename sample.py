@@ -69,10 +69,10 @@ def read_texts(text, text_file):
 SENTENCE_END = re.compile(r"(?<=[.!?;:。！？।])\s+|\n+")
 
 
-def split_text(text, max_bytes):
+def split_text(text, max_bytes, pack=True):
     """
-    Split UTF-8 text into chunks of at most max_bytes: whole sentences packed together where they fit, a longer
-    sentence at spaces, a longer word between characters (never inside one).
+    Split UTF-8 text into chunks of at most max_bytes: whole sentences (packed together where they fit, if pack), a
+    longer sentence at spaces, a longer word between characters (never inside one).
     """
     pieces = []
     for sentence in SENTENCE_END.split(text.decode("utf-8")):
@@ -91,7 +91,7 @@ def split_text(text, max_bytes):
             pieces.append(piece.encode())
     chunks = []
     for piece in pieces:
-        if chunks and len(chunks[-1]) + 1 + len(piece) <= max_bytes and chunks[-1][-1:] in b".!?;:":
+        if pack and chunks and len(chunks[-1]) + 1 + len(piece) <= max_bytes and chunks[-1][-1:] in b".!?;:":
             chunks[-1] += b" " + piece  # sentences share a chunk; pieces of one sentence do not
         else:
             chunks.append(piece)
@@ -106,10 +106,12 @@ def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0,
 
     Texts are sampled batch_size at a time, each row stopping at its own end-of-audio. voices: None, or per text
     None or (prompt text bytes, prompt audio ids): the model continues that recording, in its voice. Any length of
-    text works: it is split at sentence ends into chunks that fit the context (with room for frames_per_byte audio
-    tokens per byte), and each chunk is spoken as the continuation of the previous chunk (its text and audio as
-    the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly. max_seconds caps each
-    chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
+    text works: a text that does not fit the context after its voice prompt (with room for frames_per_byte audio
+    tokens per byte) is split at sentence ends into chunks, each spoken as the continuation of the previous chunk
+    (its text and audio as the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly.
+    A model trained with anchor_continuations has only heard speech continue at an anchored sentence border: it
+    speaks every sentence as its own chunk, anchored where the sentence starts. max_seconds caps each chunk.
+    cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
     on_token: streaming (one text only): called with each audio id as soon as it is sampled.
     decode_step: a torch.compile'd model.decode_one_token (see sample.py --compile), or None for the eager one.
     """
@@ -127,14 +129,19 @@ def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0,
     if max_chunk < 8:
         raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
                          f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
-    chunks = [split_text(t, max_chunk) for t in texts]
+    pack = not model.config.anchor_continuations
+    chunks = []
+    for text, (voice_text, voice_audio) in zip(texts, carry):
+        fits = 2 + len(voice_text) + len(voice_audio) + (1 + frames_per_byte) * len(text) <= block
+        whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
+        chunks.append([text] if whole else split_text(text, max_chunk, pack))  # a text that fits is not split
     outputs = [[] for _ in texts]
     order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
         for k in range(max(len(chunks[i]) for i in group)):
             active = [i for i in group if k < len(chunks[i])]
-            prompts, unconds = [], []
+            prompts, unconds, anchors = [], [], []
             for i in active:
                 prev_text, prev_audio = carry[i]
                 need = len(prev_text) + 2 + len(chunks[i][k]) + len(prev_audio) + frames_per_byte * len(chunks[i][k])
@@ -143,6 +150,7 @@ def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0,
                     prev_audio = np.asarray(prev_audio, dtype=np.int64)
                 text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
                 prompts.append(make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio)))
+                anchors.append(len(prev_text) if len(prev_audio) else None)  # the new speech starts at the space
                 unconds.append(make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)))
             longest = max(len(p) for p in prompts)
             max_new = min(int(max_seconds * TOKENS_PER_SECOND), block - longest)
@@ -150,7 +158,7 @@ def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0,
                 raise ValueError(f"text does not fit this model's block_size {block}")
             args = dict(temperature=temperature, top_k=top_k or None, top_p=top_p or None, generator=generator,
                         uncond_prompts=unconds if cfg_scale != 1.0 else None, cfg_scale=cfg_scale,
-                        decode_step=decode_step)
+                        decode_step=decode_step, anchors=anchors)
             if on_token is None:
                 audio = model.generate(prompts, max_new, **args)
             else:  # streaming one text: hand each token on as soon as it is sampled

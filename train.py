@@ -75,6 +75,7 @@ mlp_ratio = 8 / 3
 rope_theta = 10000.0
 audio_pos_rate = 1.0  # RoPE step per audio token; ~bytes per frame gives an alignment prior (see model.py)
 align_audio_pos = False  # audio positions restart at the text's origin (see model.py)
+anchor_continuations = False  # with align_audio_pos: audio positions restart where speech continues (see model.py)
 qk_norm = True
 bias = False
 dropout = 0.0
@@ -132,6 +133,8 @@ if device_type == "cuda" and not torch.cuda.is_available():
     fail("device is cuda but no GPU is visible; pass --device=cpu")
 if dtype not in ("float32", "bfloat16", "float16"):
     fail(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+if anchor_continuations and not align_audio_pos:
+    fail("anchor_continuations=True needs align_audio_pos=True (anchors restart aligned audio positions)")
 
 if master_process:
     os.makedirs(out_dir, exist_ok=True)
@@ -164,16 +167,17 @@ def batch(split, step, micro_step, rank=ddp_rank):
     """
     The batch is a pure function of (seed, step, micro-step, rank): resuming replays the same data order.
     step=None gives the fixed evaluation batches, length-bucketed even when training packs: runs with and without
-    packing are measured on the same batches. Returns CPU tensors x, y and doc (None unless packed), pinned on CUDA.
+    packing are measured on the same batches. Returns CPU tensors x, y, doc (None unless packed) and anchor (see
+    data.get_batch), pinned on CUDA.
     """
     shards, rows = splits[split]
     stream = ["train", "val"].index(split) + (2 if step is None else 0)
     rng = np.random.default_rng([seed, stream, step or 0, micro_step, rank])
     if packing and step is not None:
-        x, y, doc = get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout)
+        x, y, doc, anchor = get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout)
     else:
-        (x, y), doc = get_batch(shards, rows, batch_size, rng, text_dropout if step is not None else 0.0), None
-    out = [None if a is None else torch.from_numpy(a) for a in (x, y, doc)]
+        (x, y, anchor), doc = get_batch(shards, rows, batch_size, rng, text_dropout if step is not None else 0.0), None
+    out = [None if a is None else torch.from_numpy(a) for a in (x, y, doc, anchor)]
     if device_type == "cuda":  # page-locked: the copy to the GPU can then run while the GPU works (to_device)
         out = [None if t is None else t.pin_memory() for t in out]
     return out
@@ -219,7 +223,8 @@ if master_process:  # how much of each row is padding
 # model
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
                   mlp_ratio=mlp_ratio, rope_theta=rope_theta, audio_pos_rate=audio_pos_rate,
-                  align_audio_pos=align_audio_pos, qk_norm=qk_norm, bias=bias, dropout=dropout, tie_weights=tie_weights)
+                  align_audio_pos=align_audio_pos, anchor_continuations=anchor_continuations, qk_norm=qk_norm,
+                  bias=bias, dropout=dropout, tie_weights=tie_weights)
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if init_from == "resume":
@@ -227,8 +232,9 @@ if init_from == "resume":
         checkpoint = load_checkpoint(ckpt_path)
     except CheckpointError as e:
         fail(str(e))
-    for k in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "qk_norm", "bias",
-              "tie_weights", "rope_theta", "audio_pos_rate", "align_audio_pos"):  # the architecture: the checkpoint's
+    architecture = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "qk_norm", "bias",
+                    "tie_weights", "rope_theta", "audio_pos_rate", "align_audio_pos", "anchor_continuations")
+    for k in architecture:  # a resumed run keeps the checkpoint's
         model_args[k] = checkpoint["model_args"].get(k, model_args[k])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     if master_process:
@@ -282,9 +288,9 @@ def estimate_loss():
     for split in ("train", "val"):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            x, y, _ = to_device(batch(split, None, k))
+            x, y, _, anchor = to_device(batch(split, None, k))
             with autocast:
-                loss = net(x, y)
+                loss = net(x, y, anchor=anchor)
             losses[k] = loss.item()
         out[split] = losses.mean().item()
     net.train()
@@ -395,12 +401,12 @@ while True:
     torch.manual_seed(seed + 100003 * iter_num + ddp_rank)  # dropout is replayed exactly on resume too
     tokens = torch.zeros((), dtype=torch.long)
     for micro_step in range(gradient_accumulation_steps):
-        x, y, doc = next(train_batches)
+        x, y, doc, anchor = next(train_batches)
         tokens += x.numel()
         if ddp:  # sync gradients only on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with autocast:
-            loss = model(x, y, doc=doc)
+            loss = model(x, y, doc=doc, anchor=anchor)
             loss = loss / gradient_accumulation_steps
         scaler.scale(loss).backward()
     if grad_clip != 0.0:

@@ -11,7 +11,7 @@ device = "cpu"
 dtype = "float32"
 compile = False
 
-block_size = 256
+block_size = 320  # a sentence and the one before it (the chunk and its prompt) fit up to ~45 bytes each
 batch_size = 32
 gradient_accumulation_steps = 1
 text_dropout = 0.0
@@ -21,6 +21,7 @@ n_head = 8
 n_embd = 128
 qk_norm = True
 align_audio_pos = True
+anchor_continuations = True
 audio_pos_rate = 0.57
 
 optimizer = "muon"

@@ -103,27 +103,35 @@ def targets_of(s):
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"audio_pos_rate": 0.55},
-                                {"audio_pos_rate": 0.55, "align_audio_pos": True}])
+                                {"audio_pos_rate": 0.55, "align_audio_pos": True},
+                                {"audio_pos_rate": 0.55, "align_audio_pos": True, "anchor_continuations": True}])
 def test_packed_row_equals_each_utterance_alone(kw):
     model = tiny(**kw)
     utterances = [stream("hello", 9, seed=1), stream("", 6, seed=2), stream("a longer text", 14, seed=3),
                   stream("x", 3, seed=4)]  # the second without its text, as text_dropout makes them
     parts = [targets_of(s) for s in utterances]
+    anchors = [torch.full((len(x),), -1) for x, _ in parts]
+    anchors[0][5 + 4], anchors[2][13 + 6] = 3, 8  # two sentences: the 4th / 6th frame ends the first
     pad = 64 - sum(len(x) for x, _ in parts)
     x = torch.cat([x for x, _ in parts] + [torch.full((pad,), PAD)])[None]
     y = torch.cat([y for _, y in parts] + [torch.full((pad,), -1)])[None]
     doc = torch.cat([torch.full((len(p[0]),), d) for d, p in enumerate(parts)] + [torch.full((pad,), 4)])[None]
-    packed = model(x, doc=doc)[0]
+    anchor = torch.cat(anchors + [torch.full((pad,), -1)])[None]
+    packed = model(x, doc=doc, anchor=anchor)[0]
     at, losses = 0, []
-    for ux, uy in parts:
-        alone = model(ux[None])[0]
+    for (ux, uy), ua in zip(parts, anchors):
+        alone = model(ux[None], anchor=ua[None])[0]
         torch.testing.assert_close(packed[at:at + len(ux)], alone, atol=1e-5, rtol=0)
         torch.testing.assert_close(model.coarse_logits(packed[at:at + len(ux)]), model.coarse_logits(alone),
                                    atol=1e-5, rtol=0)
-        losses.append(model(ux[None], uy[None]) * int((uy >= 0).sum()))
+        losses.append(model(ux[None], uy[None], anchor=ua[None]) * int((uy >= 0).sum()))
         at += len(ux)
     # the row's loss is the mean over all its targets, as if the utterances had been run one by one
-    torch.testing.assert_close(model(x, y, doc=doc), sum(losses) / int((y >= 0).sum()), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(x, y, doc=doc, anchor=anchor), sum(losses) / int((y >= 0).sum()), atol=1e-5,
+                               rtol=0)
+    # anchors move positions only in a model that uses them
+    moved = not torch.allclose(packed, model(x, doc=doc)[0])
+    assert moved == model.config.anchor_continuations
 
 
 def test_packed_layout_restarts_positions_per_utterance():
@@ -134,6 +142,11 @@ def test_packed_layout_restarts_positions_per_utterance():
     assert pos[0].tolist() == [0, 1, 2, 2.5, 3, 3.5, 0, 1, 2, 3, 3.5, 4]
     assert packed_layout(idx, doc, rate=0.5, aligned=True)[0][0].tolist() == [0, 1, 2, 0, 0.5, 1, 0, 1, 2, 3, 0, 0.5]
     assert starts[0].nonzero().flatten().tolist() == [0, len(a)]
+    # the first utterance continues after its 2nd frame at byte 2: that frame sits a step before it, the next at it
+    anchor = torch.full_like(idx, -1)
+    anchor[0, 4] = 2
+    aligned = packed_layout(idx, doc, rate=0.5, aligned=True, anchor=anchor)[0][0].tolist()
+    assert aligned == [0, 1, 2, 0, 1.5, 2, 0, 1, 2, 3, 0, 0.5]
     block = torch.zeros(len(idx[0]), len(idx[0]), dtype=torch.bool)
     block[:len(a), :len(a)] = block[len(a):, len(a):] = True
     assert torch.equal(mask[0, 0], block.tril())
@@ -165,6 +178,30 @@ def test_batched_greedy_equals_one_by_one(kw):
     alone = [model.generate([p], 12, temperature=0)[0] for p in prompts]
     for a, b in zip(batched, alone):
         assert torch.equal(a, b)
+
+
+def test_anchored_generation_sees_the_positions_training_gives():
+    """A voice prompt anchored at the byte its new text starts: generating equals the training stream's forward."""
+    model = tiny(audio_pos_rate=0.55, align_audio_pos=True, anchor_continuations=True)
+    g = torch.Generator().manual_seed(3)
+    prompt_audio = torch.randint(0, N_AUDIO, (11,), generator=g)
+    prompts = [make_prompt(text_to_tokens("first one. then this"), prompt_audio), make_prompt(text_to_tokens("hi"))]
+    anchors = [10, None]  # the prompt's sentence ends at byte 10: " then this" is new
+    fed_at = []
+
+    def recording_step(model, token, pos, valid, input_pos):
+        fed_at.append(pos[0].item())
+        return decode_one_token(model, token, pos, valid, input_pos)
+
+    out = model.generate(prompts, 8, temperature=0, anchors=anchors, decode_step=recording_step)
+    assert fed_at == pytest.approx([10 + 0.55 * k for k in range(len(fed_at))])  # the new speech starts at byte 10
+    assert torch.equal(out[1], model.generate(prompts[1:], 8, temperature=0)[0])  # an unanchored row is unchanged
+    full = torch.cat([prompts[0], out[0]])
+    anchor = torch.full_like(full, -1)
+    anchor[len(prompts[0]) - 1] = 10  # as data.get_batch marks a two-sentence utterance's border
+    h = model(full[None], anchor=anchor[None])[0, len(prompts[0]) - 1:-1]
+    assert torch.equal(sample_audio_token(model, h, temperature=0), out[0])
+    assert not torch.allclose(h, model(full[None])[0, len(prompts[0]) - 1:-1])  # the anchor moved the positions
 
 
 def test_sampling_emits_only_audio_or_eoa():

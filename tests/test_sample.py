@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run
+from model import GPT, SOA, TEXT_OFFSET, GPTConfig
 from sample import StreamingDecoder, load_model, split_text, synthesize
 
 
@@ -33,6 +34,34 @@ def test_long_text_is_chunked_and_joined(trained):
     assert len(calls) > 5 and len(out) > 0 and ((out >= 0) & (out < 46656)).all()
     # every chunk after the first continues the previous one: its prompt ends with the previous chunk's audio
     assert all(len(p[0]) <= model.config.block_size for p in calls)
+
+
+def recording(model):
+    """Make model.generate record its prompts and anchors (one entry per batched call)."""
+    calls, real_generate = [], model.generate
+    model.generate = lambda prompts, *a, **k: calls.append((prompts, k["anchors"])) or real_generate(prompts, *a, **k)
+    return calls
+
+
+def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sentence(trained):
+    _, out_dir = trained
+    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    calls = recording(model)
+    sentence = b"A sentence longer than a chunk of a long text."  # > 27 bytes, the budget a chunk shares
+    synthesize(model, [sentence, b"Come here. Go now."], max_seconds=2)
+    assert len(calls) == 1 and calls[0][1] == [None, None]  # each text whole, in one batch, nothing anchored
+    assert sorted(len(p) for p in calls[0][0]) == [len(b"Come here. Go now.") + 1, len(sentence) + 1]
+
+    anchored = GPT(GPTConfig(**{**model.config.__dict__, "align_audio_pos": True, "anchor_continuations": True}))
+    calls = recording(anchored.eval())
+    out = synthesize(anchored, [b"Come here. Go now.", b"One more."], max_seconds=1, temperature=1.0)
+    (first, first_anchors), (second, second_anchors) = calls
+    assert first_anchors == [None, None] and len(second) == 1  # the second sentence continues the first ...
+    assert second_anchors == [len(b"Come here.")]  # ... anchored at its space
+    text = b"Come here. Go now."
+    assert (second[0][:len(text)] - TEXT_OFFSET).tolist() == list(text) and second[0][len(text)] == SOA
+    first_audio = second[0][len(text) + 1:].numpy()  # the first sentence's audio is the prompt's
+    assert len(first_audio) > 0 and np.array_equal(out[0][:len(first_audio)], first_audio)
 
 
 def test_guidance_and_voice_prompt_run_in_one_batch(trained):
