@@ -15,7 +15,8 @@ block_size, ...) and ignores its training settings. --key=value flags override a
 --mode=sample (the default) times prefill and decode separately, at batch 1 and at --batch_size:
     prefill_ms      the prompt (prompt_len tokens per row) through the model, filling the KV cache
     ttfa_ms         time to first audio: prefill, then the first step (sample the first token, decode it)
-    step_ms         one decode step: sample a token per row (the factored head) + decode_one_token; median of runs
+    step_ms         one decode step, decode_and_sample: feed a token per row, sample the next (the factored head);
+                    median of runs. --compile=True makes the whole step one CUDA graph on a GPU
     tokens_per_s    audio tokens per second, all rows together
     rtf             seconds of audio per second of compute, all rows together (25 tokens = 1 s), as eval.py
     roofline        a decode step must read every weight once (only the embedding rows it looks up) and the KV
@@ -43,7 +44,7 @@ import time
 
 import torch
 
-from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, decode_one_token, prefill,
+from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, decode_and_sample, prefill,
                    sample_audio_token)
 
 TOKENS_PER_SECOND = 25
@@ -139,14 +140,18 @@ def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync)
     sync()
     t0 = time.perf_counter()
     h = prefill(model, prompt, pos[:, :P], valid[:, :P], P)  # as GPT.stream does
+    token = sample_audio_token(model, h, temperature=0.8, generator=generator)
     sync()
     t1 = time.perf_counter()
+    compiled = decode_step is not decode_and_sample
+    slots = torch.arange(valid.shape[1], device=h.device)
     for t in range(n_steps):
         # the random model emits EOA now and then: the step is timed all the same, as if the row went on
-        token = sample_audio_token(model, h, temperature=0.8, generator=generator)
         slot = P + t
-        seen = valid if decode_step is not decode_one_token else valid[:, :slot + 1]  # as GPT.stream does
-        h = decode_step(model, token[:, None], pos[:, slot:slot + 1], seen, torch.tensor([slot], device=h.device))
+        seen = valid if compiled else valid[:, :slot + 1]  # as GPT.stream does
+        token = decode_step(model, token, pos[:, slot:slot + 1], seen, slots[slot:slot + 1], 0.8, None, None, 1.0,
+                            None if compiled else generator).clone()  # GPT.stream's torch.where copies it too: a
+        # CUDA graph's output is overwritten by its next replay
         if t == 0:
             sync()
             t2 = time.perf_counter()
@@ -341,11 +346,11 @@ if __name__ == "__main__":
     if mode == "sample":
         model = model.to(ptdtype).eval()  # gpt-fast: weights in the compute dtype, the cache too
         probe = bandwidth_probe(device, bandwidth_mb or (1024 if cuda else 256), sync)
-        decode_step = decode_one_token
+        decode_step = decode_and_sample
         if compile:
             print("compiling the decode step... (the warmup run)")
             # one static graph per batch size (dynamic=False): on CUDA, a CUDA graph replayed every step
-            decode_step = torch.compile(decode_one_token, mode="reduce-overhead" if cuda else None, dynamic=False)
+            decode_step = torch.compile(decode_and_sample, mode="reduce-overhead" if cuda else None, dynamic=False)
         with torch.no_grad():
             rows = [bench_sample(model, decode_step, b, prompt_len, new_tokens, runs, warmup, probe, device, sync, seed)
                     for b in sorted({1, batch_size})]

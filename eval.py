@@ -71,6 +71,7 @@ cfg_scale = 1.0  # classifier-free guidance as in sample.py; 1 = off
 prompted = False  # synthetic: continue another utterance of the same speaker (a voice prompt); adds speaker_acc
 long_chars = 0  # synthetic: also score texts of up to this many characters (chunked by sample.py); 0 = off
 long_n = 8  # how many such texts
+best_of = 1  # sample each chunk this many times and keep the most likely (sample.py --best_of)
 seed = 1337
 # real speech
 test_list = ""  # audio_path|transcript lines or JSONL (see above); "" = the Asterisk prompts
@@ -124,7 +125,7 @@ def evaluate_synthetic(model, checkpoint):
             voices.append(val[others[i % len(others)]][:2] if others else None)
     t0 = time.time()
     outputs = synthesize(model, [text for text, _, _ in references], max_seconds, temperature, top_k, top_p, seed,
-                         batch_size, cfg_scale, voices)
+                         batch_size, cfg_scale, voices, best_of=best_of)
     dt = time.time() - t0
     texts = [text.decode("utf-8") for text, _, _ in references]
     scores = score_synthetic(texts, outputs)
@@ -148,12 +149,12 @@ def evaluate_synthetic(model, checkpoint):
                     break
             current = f"{current} {sentence}".strip()
         long_out = synthesize(model, [t.encode() for t in longs], max_seconds, temperature, top_k, top_p, seed,
-                              batch_size, cfg_scale)
+                              batch_size, cfg_scale, best_of=best_of)
         long_scores = score_synthetic(longs, long_out)
         result.update(long_n=len(longs), long_chars=long_chars, long_cer=long_scores["cer"],
                       long_speaker_consistency=long_scores["speaker_consistency"],
                       long_one_voice=round(float(np.mean([one_voice(o) for o in long_out])), 4))
-    result.update(temperature=temperature, cfg_scale=cfg_scale, iter_num=checkpoint["iter_num"])
+    result.update(temperature=temperature, cfg_scale=cfg_scale, best_of=best_of, iter_num=checkpoint["iter_num"])
     return result
 
 

@@ -22,8 +22,9 @@ would be most of the FLOPs, of the decode-step bytes and of CPU training time.
 The block is a modern one (RMSNorm, RoPE, SwiGLU, optional QK-norm, grouped-query attention, no biases by default).
 The loss covers audio tokens and EOA only: predicting the text is not the task. A training row may also hold several
 utterances back to back (`doc` ids, see data.get_packed_batch): each keeps the positions and attention it has alone.
-Generation follows gpt-fast: a preallocated KV cache, one `prefill` over the prompt, then a small `decode_one_token`
-step that `torch.compile` can turn into a CUDA graph. This file has no I/O and no training logic.
+Generation follows gpt-fast: a preallocated KV cache, one `prefill` over the prompt, then a small `decode_and_sample`
+step (feed a token, sample the next) that `torch.compile` turns into one CUDA graph. This file has no I/O and no
+training logic.
 """
 
 import math
@@ -492,6 +493,31 @@ class GPT(nn.Module):
         return results
 
     @torch.no_grad()
+    def token_logprobs(self, prompts, continuations, anchors=None):
+        """
+        Teacher-forced scores: per row, the log-probability of each token of a continuation (1-D audio ids, and EOA
+        if it ends) after its prompt (a make_prompt stream; anchors as in stream()), in one batch of right-padded
+        rows. Returns a list of 1-D float tensors. sample.py --best_of ranks samples of one text by these.
+        """
+        device = self.wte.weight.device
+        rows = [torch.cat([p.to(device), c.to(device)]) for p, c in zip(prompts, continuations)]
+        idx = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long, device=device)
+        anchor = torch.full_like(idx, -1)
+        for j, row in enumerate(rows):
+            idx[j, :len(row)] = row
+            if anchors is not None and anchors[j] is not None:
+                anchor[j, len(prompts[j]) - 1] = anchors[j]  # the prompt's last audio token, as data.get_batch marks
+        h = self(idx, anchor=anchor)
+        scores = []
+        for j, (p, c) in enumerate(zip(prompts, continuations)):
+            hj, c = h[j, len(p) - 1:len(p) - 1 + len(c)], c.to(device)  # the state before each token predicts it
+            coarse = torch.where(c == EOA, N_COARSE, c // N_FINE)
+            lp = self.coarse_logits(hj).log_softmax(-1).gather(1, coarse[:, None])[:, 0]
+            fine = self.fine_logits(hj, coarse.clamp(max=N_COARSE - 1)).log_softmax(-1)
+            scores.append(lp + torch.where(c == EOA, 0.0, fine.gather(1, (c % N_FINE)[:, None])[:, 0]))
+        return scores
+
+    @torch.no_grad()
     def stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
                uncond_prompts=None, cfg_scale=1.0, decode_step=None, anchors=None):
         """
@@ -500,7 +526,8 @@ class GPT(nn.Module):
         RoPE positions, so a row's output is the same as when it is sampled alone.
         Classifier-free guidance: uncond_prompts (the same prompts without their text) run in the same batch, and
         logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
-        decode_step: an optionally compiled `decode_one_token` (see sample.py).
+        decode_step: a compiled `decode_and_sample` (see sample.py), or None for the eager one; compiled, it samples
+        from torch's global random state (a generator cannot go into the graph): seed it with torch.manual_seed.
         anchors: per prompt, None or (for one that ends in a voice prompt's audio) the byte of its text where the new
         speech starts; with GPTConfig.anchor_continuations the new audio's positions restart there.
         """
@@ -515,7 +542,7 @@ class GPT(nn.Module):
         assert total <= self.config.block_size, (
             f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}"
         )
-        compiled = decode_step not in (None, decode_one_token)
+        compiled = decode_step not in (None, decode_and_sample)
         if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
             total = min(self.config.block_size, -(-total // 256) * 256)
         pad = P - lengths  # left padding per row
@@ -534,22 +561,22 @@ class GPT(nn.Module):
                                    self.config.align_audio_pos, anchor_at, anchor_byte)
 
         self.setup_cache(len(rows), total)
-        decode_step = decode_step or decode_one_token
+        decode_step = decode_step or decode_and_sample
+        sampling = (temperature, top_k, top_p, cfg_scale, None if compiled else generator)
         try:
             h = prefill(self, idx, pos_all[:, :P], valid[:, :P], P)  # the prompt sees the prompt's slots only
+            token = sample_audio_token(self, h, temperature, top_k, top_p, generator, cfg_scale)
             done = torch.zeros(B, dtype=torch.bool, device=device)
             for t in range(max_new_tokens):
-                token = sample_audio_token(self, h, temperature, top_k, top_p, generator, cfg_scale)
-                token = torch.where(done, torch.full_like(token, EOA), token)
+                token = torch.where(done, torch.full_like(token, EOA), token)  # a new tensor: a graph's output is not
                 done |= token == EOA
                 yield token
                 if bool(done.all()) or t == max_new_tokens - 1:
                     break
                 slot = P + t
-                feed = token.repeat(2) if guided else token
                 # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
                 seen = valid if compiled else valid[:, :slot + 1]
-                h = decode_step(self, feed[:, None], pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1])
+                token = decode_step(self, token, pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1], *sampling)
         finally:
             self.clear_cache()
 
@@ -571,6 +598,19 @@ def decode_one_token(model, token, pos, valid, input_pos):
     return model(token, pos=pos, mask=mask, input_pos=input_pos)[:, -1]
 
 
+def decode_and_sample(model, token, pos, valid, input_pos, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
+                      generator=None):
+    """
+    One generation step, the unit sample.py --compile turns into a CUDA graph: feed each row's last token [B] (twice
+    under guidance: the conditional rows, then the unconditional), then sample the next one [B]. Sampling in the
+    graph too, not only the decode: on an H100 the eager sampling's ~25 small launches took longer than the whole
+    compiled decode (README's speed table).
+    """
+    feed = token.repeat(2) if cfg_scale != 1.0 else token
+    h = decode_one_token(model, feed[:, None], pos, valid, input_pos)
+    return sample_audio_token(model, h, temperature, top_k, top_p, generator, cfg_scale)
+
+
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     """Temperature, then top-k, then nucleus (top-p) filtering of [B, V] logits. temperature must be > 0."""
     logits = logits / temperature
@@ -589,7 +629,10 @@ def pick(logits, temperature, top_k, top_p, generator):
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # the exponential race: argmax(p_i / E_i), E_i ~ Exp(1), is i with probability p_i, with no host sync and no
+    # torch.multinomial, so that a compiled step samples inside its CUDA graph (gpt-fast does the same)
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1)
 
 
 def sample_audio_token(model, h, temperature=1.0, top_k=None, top_p=None, generator=None, cfg_scale=1.0):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data import CheckpointError, SyntheticSpeech, load_checkpoint
-from model import EOA, GPT, N_AUDIO, GPTConfig, decode_one_token, make_prompt, text_to_tokens
+from model import EOA, GPT, N_AUDIO, GPTConfig, decode_and_sample, make_prompt, text_to_tokens
 
 TOKENS_PER_SECOND = 25
 # lower: fewer slips, less variety (synthetic corpus: CER 0.17 at T=1, 0.064 at 0.8, 0.044 at 0.6, no better lower)
@@ -98,9 +98,18 @@ def split_text(text, max_bytes, pack=True):
     return chunks
 
 
+def most_likely(scores, weakest=3):
+    """
+    Which of several samples of one chunk to keep, given each one's token log-probabilities (GPT.token_logprobs):
+    the one whose `weakest` least likely tokens are the most likely. A slip (a skipped word, a doubled letter, a new
+    voice) is a token the sampler drew against the odds; a sample's mean hides it, its weakest tokens show it.
+    """
+    return int(np.argmax([float(s.sort().values[:weakest].mean()) if len(s) else -np.inf for s in scores]))
+
+
 @torch.no_grad()
 def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0, top_p=0.0, seed=1337, batch_size=16,
-               cfg_scale=1.0, voices=None, frames_per_byte=2.5, on_token=None, decode_step=None):
+               cfg_scale=1.0, voices=None, frames_per_byte=2.5, on_token=None, decode_step=None, best_of=1):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
 
@@ -110,28 +119,33 @@ def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0,
     tokens per byte) is split at sentence ends into chunks, each spoken as the continuation of the previous chunk
     (its text and audio as the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly.
     A model trained with anchor_continuations has only heard speech continue at an anchored sentence border: it
-    speaks every sentence as its own chunk, anchored where the sentence starts. max_seconds caps each chunk.
+    speaks every sentence as its own chunk, anchored where the sentence starts. best_of: sample each chunk that many
+    times in one batch and keep the one the model finds most likely (most_likely). max_seconds caps each chunk.
     cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
     on_token: streaming (one text only): called with each audio id as soon as it is sampled.
-    decode_step: a torch.compile'd model.decode_one_token (see sample.py --compile), or None for the eager one.
+    decode_step: a torch.compile'd model.decode_and_sample (see sample.py --compile), or None for the eager one.
     """
-    assert on_token is None or len(texts) == 1, "streaming takes one text"
+    assert on_token is None or (len(texts) == 1 and best_of == 1), "streaming takes one text and one candidate"
     block = model.config.block_size
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    voices = list(voices) if voices is not None else [None] * len(texts)
+    if decode_step is not None:  # a compiled step samples from the global random state (GPT.stream)
+        torch.manual_seed(seed)
     empty = np.zeros(0, dtype=np.int64)
-    carry = [(v[0], np.asarray(v[1], dtype=np.int64)) if v else (b"", empty) for v in voices]
-    # the previous chunk (or the voice prompt) and the current one share the context window
-    max_chunk = int((block - 2) / (2 * (1 + frames_per_byte)))
-    for text, audio in carry:
+    voices = [(v[0], np.asarray(v[1], dtype=np.int64)) if v else (b"", empty) for v in voices or [None] * len(texts)]
+    spoken = [[v] if len(v[1]) else [] for v in voices]  # per text: the voice prompt, then each chunk spoken
+    # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
+    # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may
+    # take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
+    pack = not model.config.anchor_continuations
+    max_chunk = int((block - 2) / ((2 if pack else 1.5) * (1 + frames_per_byte)))
+    for text, audio in voices:
         max_chunk = min(max_chunk, int((block - 2 - len(text) - len(audio)) / (1 + frames_per_byte)))
     if max_chunk < 8:
         raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
                          f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
-    pack = not model.config.anchor_continuations
     chunks = []
-    for text, (voice_text, voice_audio) in zip(texts, carry):
+    for text, (voice_text, voice_audio) in zip(texts, voices):
         fits = 2 + len(voice_text) + len(voice_audio) + (1 + frames_per_byte) * len(text) <= block
         whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
         chunks.append([text] if whole else split_text(text, max_chunk, pack))  # a text that fits is not split
@@ -143,15 +157,16 @@ def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0,
             active = [i for i in group if k < len(chunks[i])]
             prompts, unconds, anchors = [], [], []
             for i in active:
-                prev_text, prev_audio = carry[i]
-                need = len(prev_text) + 2 + len(chunks[i][k]) + len(prev_audio) + frames_per_byte * len(chunks[i][k])
-                if need > block:  # the previous chunk ran long (no end-of-audio in time): restart from the voice
-                    prev_text, prev_audio = voices[i] if voices[i] else (b"", empty)
-                    prev_audio = np.asarray(prev_audio, dtype=np.int64)
+                # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or
+                # ran long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well,
+                # as a voice prompt does
+                room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
+                prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
+                                             (b"", empty))
                 text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
-                prompts.append(make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio)))
-                anchors.append(len(prev_text) if len(prev_audio) else None)  # the new speech starts at the space
-                unconds.append(make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)))
+                prompts += [make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))] * best_of
+                anchors += [len(prev_text) if len(prev_audio) else None] * best_of  # new speech starts at the space
+                unconds += [make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio))] * best_of
             longest = max(len(p) for p in prompts)
             max_new = min(int(max_seconds * TOKENS_PER_SECOND), block - longest)
             if max_new < 1:
@@ -169,10 +184,18 @@ def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0,
                     steps.append(int(token[0]))
                     on_token(steps[-1])
                 audio = [torch.tensor(steps, dtype=torch.long)]
-            for i, a in zip(active, audio):
+            if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
+                # a sample scores its end too (a run-on, a missing one), where the row has room for it
+                ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
+                        for p, a in zip(prompts, audio)]
+                scores = model.token_logprobs(prompts, ends, anchors)
+                audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
+            for i, a, anchor in zip(active, audio, anchors[::best_of]):
                 a = a.cpu().numpy()
                 outputs[i].append(a)
-                carry[i] = (chunks[i][k], a)
+                # a continuation speaks the space before its text too: as a prompt, its text must hold that space,
+                # or its audio runs a byte ahead of its text and the next chunk starts by repeating the end of it
+                spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], a))
     return [np.concatenate(o) if o else empty for o in outputs]
 
 
@@ -248,6 +271,7 @@ if __name__ == "__main__":
     top_k = 0  # 0 = off
     top_p = 0.0  # 0 = off
     cfg_scale = 1.0  # classifier-free guidance; 1 = off (needs a model trained with text_dropout > 0)
+    best_of = 1  # sample each chunk this many times side by side, keep the most likely (fewer slips; not with --stream)
     prompt_audio = ""  # a recording whose voice to continue (needs the codec) ...
     prompt_tokens = ""  # ... or its Stable Codec ids (.npy)
     prompt_text = ""  # the prompt's transcript
@@ -266,10 +290,12 @@ if __name__ == "__main__":
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     # -----------------------------------------------------------------------------
     if not (temperature >= 0 and top_k >= 0 and 0 <= top_p <= 1 and 0 < max_seconds <= 3600 and batch_size >= 1
-            and 0 < cfg_scale <= 20 and temperature <= 10 and audio in ("auto", "yes", "no")
+            and 0 < cfg_scale <= 20 and temperature <= 10 and audio in ("auto", "yes", "no") and 1 <= best_of <= 64
             and dtype in ("float32", "bfloat16", "float16")):
         fail("need 0 <= temperature <= 10, top_k >= 0, 0 <= top_p <= 1, 0 < max_seconds <= 3600, batch_size >= 1, "
-             "0 < cfg_scale <= 20, audio in auto|yes|no, dtype in float32|bfloat16|float16")
+             "0 < cfg_scale <= 20, audio in auto|yes|no, 1 <= best_of <= 64, dtype in float32|bfloat16|float16")
+    if stream and best_of > 1:
+        fail("--stream plays the one sample as it is made: it cannot choose among --best_of samples; drop one")
     codec = None
 
     def codec_loader():
@@ -289,7 +315,7 @@ if __name__ == "__main__":
         model = model.to(getattr(torch, dtype))  # as gpt-fast: weights and KV cache in the compute dtype
         decode_step = None
         if compile:  # one graph per cache length (GPT.stream rounds it up to a multiple of 256)
-            decode_step = torch.compile(decode_one_token, mode="reduce-overhead" if "cuda" in device else None,
+            decode_step = torch.compile(decode_and_sample, mode="reduce-overhead" if "cuda" in device else None,
                                         dynamic=False)
         synthetic = checkpoint.get("config", {}).get("dataset") == "synthetic"
         on_token, finish, first = None, None, []
@@ -325,7 +351,7 @@ if __name__ == "__main__":
                 on_token, finish = decoder.push, decoder.flush
         t0 = time.time()
         outputs = synthesize(model, texts, max_seconds, temperature, top_k, top_p, seed, batch_size, cfg_scale,
-                             [voice] * len(texts), on_token=on_token, decode_step=decode_step)
+                             [voice] * len(texts), on_token=on_token, decode_step=decode_step, best_of=best_of)
         if finish:
             finish()
             if stream_to != "-":

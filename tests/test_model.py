@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
-from model import decode_one_token, packed_layout, prefill, sample_audio_token, stream_positions, text_to_tokens
+from model import (decode_and_sample, decode_one_token, packed_layout, prefill, sample_audio_token, stream_positions,
+                   text_to_tokens)
 
 
 def tiny(**kw):
@@ -189,9 +190,9 @@ def test_anchored_generation_sees_the_positions_training_gives():
     anchors = [10, None]  # the prompt's sentence ends at byte 10: " then this" is new
     fed_at = []
 
-    def recording_step(model, token, pos, valid, input_pos):
+    def recording_step(model, token, pos, valid, input_pos, *sampling):
         fed_at.append(pos[0].item())
-        return decode_one_token(model, token, pos, valid, input_pos)
+        return decode_and_sample(model, token, pos, valid, input_pos, *sampling)
 
     out = model.generate(prompts, 8, temperature=0, anchors=anchors, decode_step=recording_step)
     assert fed_at == pytest.approx([10 + 0.55 * k for k in range(len(fed_at))])  # the new speech starts at byte 10

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run
-from model import GPT, SOA, TEXT_OFFSET, GPTConfig
-from sample import StreamingDecoder, load_model, split_text, synthesize
+from model import EOA, GPT, SOA, TEXT_OFFSET, GPTConfig
+from sample import StreamingDecoder, load_model, most_likely, split_text, synthesize
 
 
 def test_split_text_keeps_sentences_and_characters_whole():
@@ -64,6 +64,68 @@ def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sen
     assert len(first_audio) > 0 and np.array_equal(out[0][:len(first_audio)], first_audio)
 
 
+def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_one(trained):
+    _, out_dir = trained
+    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    anchored = GPT(GPTConfig(**{**model.config.__dict__, "align_audio_pos": True, "anchor_continuations": True}))
+    first, long_one, last = b"Hi.", b"A sentence of 26 bytes ok.", b"And one of 25 bytes here."  # chunks <= 27 bytes
+    lengths = iter([5, 150, 40])  # the second chunk runs long: with its text it leaves no room for the third
+    calls = []
+
+    def generate(prompts, max_new, **kwargs):
+        calls.append((prompts, kwargs["anchors"]))
+        return [torch.randint(0, 46656, (next(lengths),))]
+
+    anchored.generate = generate
+    synthesize(anchored, [b" ".join([first, long_one, last])], max_seconds=8)
+    (_, a1), (p2, a2), (p3, a3) = calls
+    assert a1 == [None] and a2 == [len(first)]
+    assert a3 == [len(first)]  # prompted by the first chunk, the latest that fits, not by nothing (a new voice)
+    assert bytes((p3[0][:len(first) + 1 + len(last)] - TEXT_OFFSET).tolist()) == first + b" " + last
+
+    # a continuation's audio starts with the space before its text: as the next prompt, its text starts with it too
+    lengths, calls = iter([5, 6, 7]), []
+    synthesize(anchored, [b"Come here. Go now. Sit."], max_seconds=8)
+    (p3, a3) = calls[2]
+    assert a3 == [len(b" Go now.")]
+    assert bytes((p3[0][:len(b" Go now. Sit.")] - TEXT_OFFSET).tolist()) == b" Go now. Sit."
+
+
+def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained):
+    assert most_likely([torch.tensor([-0.1, -5.0, -0.1]), torch.tensor([-1.0, -1.0, -1.0, -1.0])], weakest=1) == 1
+    assert most_likely([torch.tensor([-0.1, -0.2, -3.0]), torch.tensor([-2.0, -2.0])], weakest=3) == 0
+    assert most_likely([torch.tensor([]), torch.tensor([-9.0])]) == 1  # nothing at all scores lowest
+
+    _, out_dir = trained
+    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    calls, outs = [], []
+    real_generate = model.generate
+
+    def generate(prompts, *args, **kwargs):
+        calls.append((prompts, kwargs["anchors"]))
+        outs.append(real_generate(prompts, *args, **kwargs))
+        return outs[-1]
+
+    model.generate = generate
+    voice = (b"Call me.", np.arange(20))
+    out = synthesize(model, [b"Go now.", b"Sit down here."], max_seconds=2, temperature=1.0, voices=[voice, None],
+                     best_of=3)
+    (prompts, anchors), = calls
+    assert len(prompts) == 6  # three samples of each text, side by side in one batch
+    assert all(torch.equal(p, prompts[3 * (j // 3)]) for j, p in enumerate(prompts))
+    ends = [torch.cat([o, torch.tensor([EOA])]) for o in outs[0]]
+    scores = model.token_logprobs(prompts, ends, anchors)
+    kept = [outs[0][j + most_likely(scores[j:j + 3])].numpy() for j in (0, 3)]
+    texts = [bytes((p[:p.tolist().index(SOA)] - TEXT_OFFSET).tolist()) for p in prompts[::3]]
+    assert np.array_equal(out[0], kept[texts.index(b"Call me. Go now.")])
+    assert np.array_equal(out[1], kept[texts.index(b"Sit down here.")])
+    # the scores are the model's: a row's log-probabilities are those of its own forward pass
+    p, o = prompts[0], ends[0]
+    h = model(torch.cat([p, o])[None])[0, len(p) - 1:-1]
+    first = model.coarse_logits(h[:1]).log_softmax(-1)[0, int(o[0]) // 216]
+    first = first + model.fine_logits(h[:1], o[:1] // 216).log_softmax(-1)[0, int(o[0]) % 216]
+    assert torch.allclose(scores[0][0], first, atol=1e-5) and len(scores[0]) == len(o)
+
 def test_guidance_and_voice_prompt_run_in_one_batch(trained):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
@@ -107,6 +169,7 @@ def test_sample_cli_prompt_stream_and_errors(trained, tmp_path):
                          (["--prompt_text=hello"], "needs --prompt_audio"),
                          (["--prompt_audio=/nonexistent.wav", "--prompt_text=hi"], "cannot read --prompt_audio"),
                          (["--cfg_scale=0"], "cfg_scale"), (["--max_seconds=-1"], "max_seconds"),
+                         (["--best_of=0"], "best_of"), (["--stream=True", "--best_of=2"], "best_of"),
                          (["--stream=True", "--text_file=" + str(tmp_path / "two.txt")], "one text")]:
         (tmp_path / "two.txt").write_text("one\ntwo\n")
         extra = [] if any(a.startswith("--text_file") for a in args) else ["--text=hi"]
@@ -131,14 +194,18 @@ def test_sample_writes_wav_and_a_readable_spectrogram(trained, tmp_path):
 
 
 def test_compiled_decode_step_speaks_as_the_eager_one(trained):
-    """sample.py --compile: torch.compile'd decode_one_token (a CUDA graph on GPU) must not change the output."""
-    from model import decode_one_token
+    """sample.py --compile: torch.compile'd decode_and_sample (a CUDA graph on GPU) must not change the output."""
+    from model import decode_and_sample
 
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
     texts = [b"Call me tomorrow.", b"A longer line of text to say."]
     eager = synthesize(model, texts, max_seconds=2, temperature=0)
-    step = torch.compile(decode_one_token, dynamic=False)
+    step = torch.compile(decode_and_sample, dynamic=False)
     compiled = synthesize(model, texts, max_seconds=2, temperature=0, decode_step=step)
     for a, b in zip(eager, compiled):
         assert np.array_equal(a, b)
+    # sampling runs in the compiled step too, from the global random state that synthesize seeds
+    sampled = [synthesize(model, texts, max_seconds=2, temperature=1.0, decode_step=step) for _ in range(2)]
+    for a, b in zip(*sampled):
+        assert len(a) > 0 and np.array_equal(a, b) and ((a >= 0) & (a < 46656)).all()
