@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run
-from model import EOA, GPT, SOA, TEXT_OFFSET, GPTConfig
+from model import EOA, GPT, SOA, TEXT_OFFSET, GPTConfig, make_prompt, text_to_tokens
 from sample import StreamingDecoder, load_model, most_likely, split_text, synthesize
 
 
@@ -92,9 +92,12 @@ def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_o
 
 
 def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained):
-    assert most_likely([torch.tensor([-0.1, -5.0, -0.1]), torch.tensor([-1.0, -1.0, -1.0, -1.0])], weakest=1) == 1
-    assert most_likely([torch.tensor([-0.1, -0.2, -3.0]), torch.tensor([-2.0, -2.0])], weakest=3) == 0
-    assert most_likely([torch.tensor([]), torch.tensor([-9.0])]) == 1  # nothing at all scores lowest
+    t = torch.tensor
+    assert most_likely([[t([-0.1, -5.0, -0.1])], [t([-1.0, -1.0, -1.0, -1.0])]], weakest=1) == 1
+    assert most_likely([[t([-0.1, -0.2, -3.0])], [t([-2.0, -2.0])]], weakest=3) == 0
+    assert most_likely([[t([])], [t([-9.0])]]) == 1  # nothing at all scores lowest
+    # readings add up: the first sample is likelier after its prompt, far less likely on its text alone
+    assert most_likely([[t([-0.1]), t([-4.0])], [t([-0.5]), t([-0.5])]], weakest=1) == 1
 
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
@@ -114,9 +117,15 @@ def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained):
     assert len(prompts) == 6  # three samples of each text, side by side in one batch
     assert all(torch.equal(p, prompts[3 * (j // 3)]) for j, p in enumerate(prompts))
     ends = [torch.cat([o, torch.tensor([EOA])]) for o in outs[0]]
-    scores = model.token_logprobs(prompts, ends, anchors)
-    kept = [outs[0][j + most_likely(scores[j:j + 3])].numpy() for j in (0, 3)]
     texts = [bytes((p[:p.tolist().index(SOA)] - TEXT_OFFSET).tolist()) for p in prompts[::3]]
+    # a continuation is read after its prompt and after its own text alone, with the space before it that it speaks
+    alone = {b"Call me. Go now.": b" Go now.", b"Sit down here.": None}
+    scores = [[s] for s in model.token_logprobs(prompts, ends, anchors)]
+    for j in range(6):
+        if alone[texts[j // 3]]:
+            own = make_prompt(text_to_tokens(alone[texts[j // 3]]), torch.zeros(0, dtype=torch.long))
+            scores[j] += model.token_logprobs([own], [ends[j]])
+    kept = [outs[0][j + most_likely(scores[j:j + 3])].numpy() for j in (0, 3)]
     assert np.array_equal(out[0], kept[texts.index(b"Call me. Go now.")])
     assert np.array_equal(out[1], kept[texts.index(b"Sit down here.")])
     # the scores are the model's: a row's log-probabilities are those of its own forward pass
@@ -124,7 +133,7 @@ def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained):
     h = model(torch.cat([p, o])[None])[0, len(p) - 1:-1]
     first = model.coarse_logits(h[:1]).log_softmax(-1)[0, int(o[0]) // 216]
     first = first + model.fine_logits(h[:1], o[:1] // 216).log_softmax(-1)[0, int(o[0]) % 216]
-    assert torch.allclose(scores[0][0], first, atol=1e-5) and len(scores[0]) == len(o)
+    assert torch.allclose(scores[0][0][0], first, atol=1e-5) and len(scores[0][0]) == len(o)
 
 def test_guidance_and_voice_prompt_run_in_one_batch(trained):
     _, out_dir = trained
