@@ -44,10 +44,10 @@ import time
 
 import torch
 
+from codec import TOKENS_PER_SECOND
 from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, decode_and_sample, prefill,
                    sample_audio_token)
 
-TOKENS_PER_SECOND = 25
 SHAPE_KEYS = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "rope_theta", "qk_norm", "bias",
               "tie_weights")
 

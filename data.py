@@ -245,9 +245,9 @@ class SyntheticSpeech:
       byte's onset or a hold, so the model must read ahead in the text and keep time;
     - each speaker changes every id in its own way; ids are spread over the whole 0..46655 range by an affine
       bijection, so neighbouring ids share nothing (the hard case for a model: no structure to lean on);
-    - one sentence per utterance, or up to max_sentences (40% of them), each spoken on its own and joined: a voice
-      prompt or the previous chunk of a long text is a finished utterance (its last frame has the end-of-text
-      context), so a model that hears finished sentences continue learns what prompts and chunks need;
+    - one sentence per utterance, or up to max_sentences (a share multi_share of them), each spoken on its own and
+      joined: a voice prompt or the previous chunk of a long text is a finished utterance (its last frame has the
+      end-of-text context), so a model that hears finished sentences continue learns what prompts and chunks need;
     - `recognise` inverts it exactly: any token sequence -> (text, speaker per frame), which makes character error
       rate (CER) and speaker consistency the toy counterparts of ASR WER and speaker similarity.
     """
@@ -260,8 +260,8 @@ class SyntheticSpeech:
     scale, shift = 7919, 12345  # id = (scale * code + shift) mod 46656; scale is coprime with 46656 = 2^6 3^6
     n_codes = 256 * n_classes * n_phases * n_speakers  # 8192 of the 46656 ids are ever said
 
-    def __init__(self, max_sentences=1):
-        self.max_sentences = max_sentences
+    def __init__(self, max_sentences=1, multi_share=0.4):
+        self.max_sentences, self.multi_share = max_sentences, multi_share
         self.unscale = pow(self.scale, -1, N_AUDIO)
         cls = np.full(257, 3, dtype=np.int64)  # index 256 = end of text
         cls[list(b"aeiouAEIOU")] = 0
@@ -275,8 +275,10 @@ class SyntheticSpeech:
         return text[0].upper() + text[1:] + str(rng.choice([".", ".", ".", "?", "!"]))
 
     def sentences(self, rng):
-        """One sentence, or (40%) more: a model that has heard two in a row can continue a prompt or a chunk."""
-        n = 1 if self.max_sentences == 1 or rng.random() < 0.6 else int(rng.integers(2, self.max_sentences + 1))
+        """One sentence, or (multi_share of the time) more: a model that has heard two in a row can continue a
+        prompt or a chunk."""
+        n = (1 if self.max_sentences == 1 or rng.random() < 1 - self.multi_share
+             else int(rng.integers(2, self.max_sentences + 1)))
         return [self.sentence(rng) for _ in range(n)]
 
     def speak(self, text, speaker, rng):
@@ -326,9 +328,9 @@ class SyntheticSpeech:
         return out.decode("utf-8", errors="replace"), speaker
 
 
-def synthetic_corpus(seed, n_train, n_val, max_sentences=1):
+def synthetic_corpus(seed, n_train, n_val, max_sentences=1, multi_share=0.4):
     """Deterministic from seed: (train utterances, val utterances, speaker names)."""
-    corpus = SyntheticSpeech(max_sentences)
+    corpus = SyntheticSpeech(max_sentences, multi_share)
     rng = np.random.default_rng(seed)
     train = [corpus.utterance(rng) for _ in range(n_train)]
     val = [corpus.utterance(rng) for _ in range(n_val)]

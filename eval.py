@@ -50,9 +50,9 @@ import numpy as np
 import torch
 
 import speech_metrics as sm
-from codec import HOP, Codec, CodecUnavailable
+from codec import HOP, TOKENS_PER_SECOND, Codec, CodecUnavailable
 from data import CheckpointError, Shards, SyntheticSpeech
-from sample import TEMPERATURE, TOKENS_PER_SECOND, fail, load_model, synthesize
+from sample import TEMPERATURE, fail, load_model, synthesize
 
 # -----------------------------------------------------------------------------
 mode = ""  # synthetic | reference | roundtrip | model; "" = synthetic for a synthetic-corpus model, else model

@@ -58,6 +58,7 @@ seed = 1337
 n_train = 20000  # synthetic: utterances in the train split
 n_val = 500  # synthetic: utterances in the val split
 max_sentences = 1  # synthetic: sentences per utterance, at most (2 teaches continuation: prompts, chunks)
+multi_share = 0.4  # synthetic, max_sentences > 1: the share of utterances with more than one sentence
 # real speech corpora
 input = ""  # a folder (ljspeech, libritts) or a .jsonl manifest
 format = "auto"  # auto, ljspeech, libritts or jsonl
@@ -87,7 +88,9 @@ t0 = time.time()
 if dataset == "synthetic" and not input:
     if n_train < 1 or n_val < 1:
         fail("--n_train and --n_val must be at least 1")
-    train, val, speakers = synthetic_corpus(seed, n_train, n_val, max_sentences)
+    if not 0 <= multi_share <= 1:
+        fail(f"--multi_share={multi_share} is a share: use a value from 0 to 1")
+    train, val, speakers = synthetic_corpus(seed, n_train, n_val, max_sentences, multi_share)
     stats = {"train": write_split(out_dir, "train", train), "val": write_split(out_dir, "val", val)}
     write_meta(out_dir, {"dataset": "synthetic", "seed": seed, "speakers": speakers, "splits": stats})
     for split, s in stats.items():

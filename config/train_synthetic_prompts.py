@@ -1,6 +1,6 @@
-# The synthetic corpus with up to two sentences per utterance (40% have two): the model hears speech continue
-# mid-text, which voice prompts and long texts (each chunk prompted by the previous one) need, with continuation
-# anchors at the sentence border (see model.py). ~14 min on 2 cores:
+# The synthetic corpus with up to two sentences per utterance (40% have two: prepare.py's --multi_share): the model
+# hears speech continue mid-text, which voice prompts and long texts (each chunk prompted by the previous one) need,
+# with continuation anchors at the sentence border (see model.py). ~14 min on 2 cores:
 #   python prepare.py --dataset=synthetic --max_sentences=2 --out_dir=data/synthetic2
 #   python train.py config/train_synthetic_prompts.py
 #   python eval.py --out_dir=out-synthetic2 --prompted=True      # speaker_acc: outputs in the prompt's voice

@@ -118,6 +118,13 @@ def test_sentences_of_an_utterance_are_each_spoken_to_their_end():
         assert next_class == corpus.byte_class[256]  # the first sentence's last frame: "end of text", not "space"
 
 
+def test_multi_share_sets_how_many_utterances_continue():
+    for share in (0.0, 0.4, 0.85):
+        train, _, _ = synthetic_corpus(5, 2000, 1, max_sentences=2, multi_share=share)
+        continued = np.mean([border != (0, 0) for *_, border in train])
+        assert abs(continued - share) < 0.03, (share, continued)
+
+
 def test_anchors_mark_where_the_last_sentence_starts(tmp_path):
     train, _, speakers = synthetic_corpus(5, 200, 1, max_sentences=2)
     write_split(tmp_path, "train", train)

@@ -212,6 +212,9 @@ def test_unavailable_codec_and_bad_input_are_one_line_errors(ljspeech, tmp_path)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0], proc.stderr
+    proc = run("prepare.py", "--max_sentences=2", "--multi_share=70", f"--out_dir={tmp_path}/s", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --multi_share=70.0 is a share"), proc.stderr
 
 
 def test_killed_and_resumed_run_gives_identical_files(clips, tmp_path):
