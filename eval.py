@@ -71,6 +71,7 @@ cfg_scale = 1.0  # classifier-free guidance as in sample.py; 1 = off
 prompted = False  # synthetic: continue another utterance of the same speaker (a voice prompt); adds speaker_acc
 long_chars = 0  # synthetic: also score texts of up to this many characters (chunked by sample.py); 0 = off
 long_n = 8  # how many such texts
+continued = False  # synthetic: second sentences after their true first one, and alone (see evaluate_synthetic)
 best_of = 1  # sample each chunk this many times and keep the most likely (sample.py --best_of)
 seed = 1337
 # real speech
@@ -99,6 +100,10 @@ def evaluate_synthetic(model, checkpoint):
     prompt), and speaker_acc counts outputs in the prompt's voice. --long_chars=N: also long_n texts of whole held-out
     sentences, up to N characters each, which sample.py splits into chunks; long_cer, long_speaker_consistency and
     long_one_voice score them.
+    --continued: the weak point of long texts, in isolation: the held-out two-sentence utterances' second sentences,
+    each spoken after its true first sentence (text and audio, as a voice prompt) and again alone. continued_wrong
+    and alone_wrong are the shares said wrong (the recogniser hears other words), continued_cer and alone_cer their
+    CER: a model that continues as well as it starts has continued ~ alone.
     """
     global data_dir
     trained_on = checkpoint.get("config", {})
@@ -110,6 +115,8 @@ def evaluate_synthetic(model, checkpoint):
     if val.meta.get("dataset") != "synthetic":
         fail(f"{data_dir} is not the synthetic corpus; for real speech use --mode=model --test_list=... "
              "(needs the codec and an ASR model)")
+    if continued and not val.index[:, 6].any():
+        fail(f"{data_dir} has no two-sentence utterances; --continued needs prepare.py --max_sentences=2")
     lengths = val.stream_lengths()
     rows = [i for i in range(len(val)) if lengths[i] < model.config.block_size][:n or None]
     references = [val[i] for i in rows]
@@ -154,7 +161,30 @@ def evaluate_synthetic(model, checkpoint):
         result.update(long_n=len(longs), long_chars=long_chars, long_cer=long_scores["cer"],
                       long_speaker_consistency=long_scores["speaker_consistency"],
                       long_one_voice=round(float(np.mean([one_voice(o) for o in long_out])), 4))
+    if continued:
+        result.update(continued_score(model, val))
     result.update(temperature=temperature, cfg_scale=cfg_scale, best_of=best_of, iter_num=checkpoint["iter_num"])
+    return result
+
+
+def continued_score(model, val):
+    """eval.py --continued (see evaluate_synthetic): second sentences after their first, and alone."""
+    firsts, seconds = [], []
+    for i in range(len(val)):
+        border_text, border_audio = (int(val.index[i, c]) for c in (5, 6))
+        if border_audio:  # the corpus joins sentences with a space: the second starts after it
+            text, audio, _ = val[i]
+            firsts.append((text[:border_text], audio[:border_audio]))
+            seconds.append(text[border_text + 1:])
+    firsts, seconds = firsts[:n or None], seconds[:n or None]
+    texts = [t.decode("utf-8") for t in seconds]
+    result = {"continued_n": len(seconds)}
+    for name, voices in (("continued", firsts), ("alone", None)):
+        outputs = synthesize(model, seconds, max_seconds, temperature, top_k, top_p, seed, batch_size, cfg_scale,
+                             voices, best_of=best_of)
+        heard = [h.strip() for h in score_synthetic(texts, outputs)["heard"]]  # a continuation speaks its space too
+        result[f"{name}_wrong"] = round(float(np.mean([h != t for h, t in zip(heard, texts)])), 4)
+        result[f"{name}_cer"] = round(jiwer.cer(texts, [h or " " for h in heard]), 4)
     return result
 
 

@@ -97,6 +97,10 @@ class GPTConfig:
     # byte, as the first frame's do at byte 0. Without it the prompt's audio drifts from its text by the speaker's
     # own rate (a slow speaker falls behind the prior) and the continuation starts a word early or late.
     anchor_continuations: bool = False
+    # With anchor_continuations: a learned vector added to the input at each anchor (a finished sentence's last audio
+    # token). Positions alone mark a border only where the restart is a jump: where the anchor lands near the prompt's
+    # natural next position, a model without the mark re-speaks the prompt's final "." and skips words.
+    mark_borders: bool = False
     qk_norm: bool = False
     bias: bool = False
     dropout: float = 0.0
@@ -109,6 +113,7 @@ class GPTConfig:
         assert self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head"
         assert self.vocab_size >= PAD + 1, f"vocab_size must cover the token layout ({PAD + 1})"
         assert self.align_audio_pos or not self.anchor_continuations, "anchor_continuations needs align_audio_pos"
+        assert self.anchor_continuations or not self.mark_borders, "mark_borders needs anchor_continuations"
 
 
 def stream_positions(offset, soa_at, rate, aligned=False, anchor_at=None, anchor_byte=None):
@@ -332,6 +337,7 @@ class GPT(nn.Module):
         self.fine_embed = nn.Embedding(N_FINE, cfg.n_embd)
         self.fine_norm = nn.RMSNorm(cfg.n_embd)
         self.fine_head = nn.Linear(cfg.n_embd, N_FINE, bias=False)
+        self.border = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.mark_borders else None
         head_dim = cfg.n_embd // cfg.n_head
         inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
@@ -369,7 +375,7 @@ class GPT(nn.Module):
         digits = self.coarse_embed(a // N_FINE) + self.fine_embed(a % N_FINE)
         return x + digits * audio
 
-    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None):
+    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None, border=None):
         """
         idx [B, T] token ids. targets [B, T] next-token ids with -1 where there is no loss (text, padding).
         With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
@@ -379,6 +385,7 @@ class GPT(nn.Module):
         doc [B, T]: packed training rows (data.get_packed_batch), an utterance per run of equal ids. Each utterance
         gets the positions it has alone and attends only to itself: the row computes what they would one by one.
         anchor [B, T]: training rows' continuation anchors (data.py; see GPTConfig.anchor_continuations), or None.
+        border [B, T] bool: generation's anchors (GPTConfig.mark_borders); training's come from anchor.
         """
         B, T = idx.shape
         varlen = None
@@ -402,7 +409,12 @@ class GPT(nn.Module):
                                    anchor_at, anchor_byte)
         angles = pos.float()[..., None] * self.rope_inv_freq
         cos, sin = angles.cos(), angles.sin()
-        x = self.drop(self.embed(idx))
+        x = self.embed(idx)
+        if self.border is not None:
+            border = anchor >= 0 if anchor is not None else border
+            if border is not None:
+                x = x + border[..., None] * self.border.to(x.dtype)
+        x = self.drop(x)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, mask, input_pos, varlen, use_reentrant=False)
@@ -564,7 +576,11 @@ class GPT(nn.Module):
         decode_step = decode_step or decode_and_sample
         sampling = (temperature, top_k, top_p, cfg_scale, None if compiled else generator)
         try:
-            h = prefill(self, idx, pos_all[:, :P], valid[:, :P], P)  # the prompt sees the prompt's slots only
+            border = None
+            if anchor_at is not None and self.border is not None:  # each anchored prompt's last token
+                border = torch.zeros(len(rows), P, dtype=torch.bool, device=device)
+                border[:, P - 1] = anchored
+            h = prefill(self, idx, pos_all[:, :P], valid[:, :P], P, border)  # the prompt sees the prompt's slots only
             token = sample_audio_token(self, h, temperature, top_k, top_p, generator, cfg_scale)
             done = torch.zeros(B, dtype=torch.bool, device=device)
             for t in range(max_new_tokens):
@@ -581,14 +597,14 @@ class GPT(nn.Module):
             self.clear_cache()
 
 
-def prefill(model, idx, pos, valid, P):
+def prefill(model, idx, pos, valid, P, border=None):
     """Run the whole prompt once, filling the cache; returns the last position's hidden state [B, n_embd]."""
     T = idx.shape[1]
     causal = torch.ones(T, valid.shape[1], dtype=torch.bool, device=idx.device).tril()
     own = torch.eye(T, valid.shape[1], dtype=torch.bool, device=idx.device)
     # a pad query sees only itself: a query with no visible key would make NaNs that leak through the values
     mask = (causal[None] & (valid[:, None, :] | own[None]))[:, None]  # [B, 1, T, S]
-    return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device))[:, -1]
+    return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device), border=border)[:, -1]
 
 
 def decode_one_token(model, token, pos, valid, input_pos):

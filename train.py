@@ -76,6 +76,7 @@ rope_theta = 10000.0
 audio_pos_rate = 1.0  # RoPE step per audio token; ~bytes per frame gives an alignment prior (see model.py)
 align_audio_pos = False  # audio positions restart at the text's origin (see model.py)
 anchor_continuations = False  # with align_audio_pos: audio positions restart where speech continues (see model.py)
+mark_borders = False  # with anchor_continuations: a learned vector marks each anchor (see model.py)
 qk_norm = True
 bias = False
 dropout = 0.0
@@ -135,6 +136,8 @@ if dtype not in ("float32", "bfloat16", "float16"):
     fail(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
 if anchor_continuations and not align_audio_pos:
     fail("anchor_continuations=True needs align_audio_pos=True (anchors restart aligned audio positions)")
+if mark_borders and not anchor_continuations:
+    fail("mark_borders=True needs anchor_continuations=True (it marks the anchors)")
 
 if master_process:
     os.makedirs(out_dir, exist_ok=True)
@@ -223,7 +226,8 @@ if master_process:  # how much of each row is padding
 # model
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
                   mlp_ratio=mlp_ratio, rope_theta=rope_theta, audio_pos_rate=audio_pos_rate,
-                  align_audio_pos=align_audio_pos, anchor_continuations=anchor_continuations, qk_norm=qk_norm,
+                  align_audio_pos=align_audio_pos, anchor_continuations=anchor_continuations, mark_borders=mark_borders,
+                  qk_norm=qk_norm,
                   bias=bias, dropout=dropout, tie_weights=tie_weights)
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -233,7 +237,8 @@ if init_from == "resume":
     except CheckpointError as e:
         fail(str(e))
     architecture = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "qk_norm", "bias",
-                    "tie_weights", "rope_theta", "audio_pos_rate", "align_audio_pos", "anchor_continuations")
+                    "tie_weights", "rope_theta", "audio_pos_rate", "align_audio_pos", "anchor_continuations",
+                    "mark_borders")
     for k in architecture:  # a resumed run keeps the checkpoint's
         model_args[k] = checkpoint["model_args"].get(k, model_args[k])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]

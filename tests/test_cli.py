@@ -45,6 +45,22 @@ def test_eval_prints_json_last(trained):
     assert 0 <= result["long_one_voice"] <= 1 and result["long_speaker_consistency"] <= result["long_one_voice"]
 
 
+def test_eval_continued_scores_second_sentences(trained, tmp_path):
+    """--continued: each second sentence after its true first one, and alone; a corpus without any is an error."""
+    work, out_dir = trained
+    run("prepare.py", "--dataset=synthetic", "--max_sentences=2", "--n_train=20", "--n_val=30",
+        f"--out_dir={tmp_path}/two", cwd=work)
+    proc = run("eval.py", f"--out_dir={out_dir}", f"--data_dir={tmp_path}/two", "--n=5", "--max_seconds=3",
+               "--continued=True", cwd=work)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["continued_n"] == 5
+    for name in ("continued", "alone"):
+        assert 0 <= result[f"{name}_wrong"] <= 1 and result[f"{name}_cer"] >= 0
+        assert (result[f"{name}_wrong"] == 0) == (result[f"{name}_cer"] == 0)
+    one_line_error(run("eval.py", f"--out_dir={out_dir}", "--continued=True", check=False, cwd=work),
+                   "no two-sentence utterances", "--max_sentences=2")
+
+
 def one_line_error(proc, *needles):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -71,6 +87,7 @@ def test_bad_input_gets_one_line_errors(trained, tmp_path):
         (("train.py", CONFIG, "--max_iters=ten"), ("--max_iters expects a int",)),
         (("train.py", CONFIG, "--init_from=resume", f"--out_dir={tmp_path}/none"), ("no checkpoint",)),
         (("train.py", CONFIG, f"--data_dir={tmp_path}/none"), ("run prepare.py first",)),
+        (("train.py", CONFIG, "--mark_borders=True"), ("mark_borders=True needs anchor_continuations=True",)),
         (("prepare.py", "--dataset=librispeech"), ("unknown dataset",)),
     ]
     for args, needles in cases:

@@ -105,9 +105,14 @@ def targets_of(s):
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"audio_pos_rate": 0.55},
                                 {"audio_pos_rate": 0.55, "align_audio_pos": True},
-                                {"audio_pos_rate": 0.55, "align_audio_pos": True, "anchor_continuations": True}])
+                                {"audio_pos_rate": 0.55, "align_audio_pos": True, "anchor_continuations": True},
+                                {"audio_pos_rate": 0.55, "align_audio_pos": True, "anchor_continuations": True,
+                                 "mark_borders": True}])
 def test_packed_row_equals_each_utterance_alone(kw):
     model = tiny(**kw)
+    if model.border is not None:
+        with torch.no_grad():
+            model.border.normal_()
     utterances = [stream("hello", 9, seed=1), stream("", 6, seed=2), stream("a longer text", 14, seed=3),
                   stream("x", 3, seed=4)]  # the second without its text, as text_dropout makes them
     parts = [targets_of(s) for s in utterances]
@@ -181,9 +186,13 @@ def test_batched_greedy_equals_one_by_one(kw):
         assert torch.equal(a, b)
 
 
-def test_anchored_generation_sees_the_positions_training_gives():
+@pytest.mark.parametrize("mark_borders", [False, True])
+def test_anchored_generation_sees_the_positions_training_gives(mark_borders):
     """A voice prompt anchored at the byte its new text starts: generating equals the training stream's forward."""
-    model = tiny(audio_pos_rate=0.55, align_audio_pos=True, anchor_continuations=True)
+    model = tiny(audio_pos_rate=0.55, align_audio_pos=True, anchor_continuations=True, mark_borders=mark_borders)
+    if mark_borders:
+        with torch.no_grad():
+            model.border.normal_()  # a trained mark, not the zeros it starts from
     g = torch.Generator().manual_seed(3)
     prompt_audio = torch.randint(0, N_AUDIO, (11,), generator=g)
     prompts = [make_prompt(text_to_tokens("first one. then this"), prompt_audio), make_prompt(text_to_tokens("hi"))]
@@ -203,6 +212,10 @@ def test_anchored_generation_sees_the_positions_training_gives():
     h = model(full[None], anchor=anchor[None])[0, len(prompts[0]) - 1:-1]
     assert torch.equal(sample_audio_token(model, h, temperature=0), out[0])
     assert not torch.allclose(h, model(full[None])[0, len(prompts[0]) - 1:-1])  # the anchor moved the positions
+    if mark_borders:  # and the mark is in both paths: without it, the same positions give other states
+        with torch.no_grad():
+            model.border.zero_()
+        assert not torch.allclose(h, model(full[None], anchor=anchor[None])[0, len(prompts[0]) - 1:-1])
 
 
 def test_sampling_emits_only_audio_or_eoa():
