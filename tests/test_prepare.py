@@ -234,23 +234,29 @@ def test_killed_and_resumed_run_gives_identical_files(clips, tmp_path):
     run("prepare.py", *common, f"--out_dir={tmp_path}/whole", "--batch_size=8", cwd=tmp_path)
 
     out, parts = tmp_path / "killed", tmp_path / "killed" / ".parts"
-    cmd = [sys.executable, os.path.join(ROOT, "prepare.py"), *common, f"--out_dir={out}", "--chunk_size=2",
+
+    def parts_done():  # a finished run removes .parts: then 30, which the kill check below reports
+        try:
+            return len([f for f in os.listdir(parts) if f.endswith(".npz")])
+        except FileNotFoundError:
+            return 30 if (out / "meta.json").exists() else 0
+
+    # one utterance a chunk: 30 chunks leave a slow or loaded machine time to kill the run part-way
+    cmd = [sys.executable, os.path.join(ROOT, "prepare.py"), *common, f"--out_dir={out}", "--chunk_size=1",
            "--batch_size=1"]
     for kill_after in (3, 8):
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if parts.exists() and len([f for f in os.listdir(parts) if f.endswith(".npz")]) >= kill_after:
-                break
+        while time.time() < deadline and proc.poll() is None and parts_done() < kill_after:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "prepare.py finished before it could be killed"
-        done = len([f for f in os.listdir(parts) if f.endswith(".npz")])
-        assert kill_after <= done < 15
-    (parts / "00014.npz.tmp99999").write_bytes(b"half a part file")  # what a kill during a write leaves
-    proc = run("prepare.py", *common, f"--out_dir={out}", "--chunk_size=2", "--batch_size=3", cwd=tmp_path)
-    assert f"resuming: {done} of 15 chunks already done" in proc.stdout
+        done = parts_done()
+        assert kill_after <= done < 30
+    (parts / "00029.npz.tmp99999").write_bytes(b"half a part file")  # what a kill during a write leaves
+    proc = run("prepare.py", *common, f"--out_dir={out}", "--chunk_size=1", "--batch_size=3", cwd=tmp_path)
+    assert f"resuming: {done} of 30 chunks already done" in proc.stdout
 
     files = sorted(os.listdir(tmp_path / "whole"))
     assert files == sorted(os.listdir(out)) and "meta.json" in files and "train.audio.bin" in files
