@@ -51,7 +51,7 @@ import torch
 
 import speech_metrics as sm
 from codec import HOP, TOKENS_PER_SECOND, Codec, CodecUnavailable
-from data import CheckpointError, Shards, SyntheticSpeech
+from data import INDEX_COLUMNS, CheckpointError, Shards, SyntheticSpeech
 from sample import TEMPERATURE, fail, load_model, synthesize
 
 # -----------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def evaluate_synthetic(model, checkpoint):
     if val.meta.get("dataset") != "synthetic":
         fail(f"{data_dir} is not the synthetic corpus; for real speech use --mode=model --test_list=... "
              "(needs the codec and an ASR model)")
-    if continued and not val.index[:, 6].any():
+    if continued and not val.index[:, INDEX_COLUMNS.index("border_audio")].any():
         fail(f"{data_dir} has no two-sentence utterances; --continued needs prepare.py --max_sentences=2")
     lengths = val.stream_lengths()
     rows = [i for i in range(len(val)) if lengths[i] < model.config.block_size][:n or None]
@@ -171,7 +171,7 @@ def continued_score(model, val):
     """eval.py --continued (see evaluate_synthetic): second sentences after their first, and alone."""
     firsts, seconds = [], []
     for i in range(len(val)):
-        border_text, border_audio = (int(val.index[i, c]) for c in (5, 6))
+        border_text, border_audio = (int(val.index[i, INDEX_COLUMNS.index(c)]) for c in ("border_text", "border_audio"))
         if border_audio:  # the corpus joins sentences with a space: the second starts after it
             text, audio, _ = val[i]
             firsts.append((text[:border_text], audio[:border_audio]))

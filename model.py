@@ -375,7 +375,7 @@ class GPT(nn.Module):
         digits = self.coarse_embed(a // N_FINE) + self.fine_embed(a % N_FINE)
         return x + digits * audio
 
-    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None, border=None):
+    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None):
         """
         idx [B, T] token ids. targets [B, T] next-token ids with -1 where there is no loss (text, padding).
         With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
@@ -384,8 +384,8 @@ class GPT(nn.Module):
         slots each query may see) and input_pos [T] (the cache slots written).
         doc [B, T]: packed training rows (data.get_packed_batch), an utterance per run of equal ids. Each utterance
         gets the positions it has alone and attends only to itself: the row computes what they would one by one.
-        anchor [B, T]: training rows' continuation anchors (data.py; see GPTConfig.anchor_continuations), or None.
-        border [B, T] bool: generation's anchors (GPTConfig.mark_borders); training's come from anchor.
+        anchor [B, T]: continuation anchors (data.py; see GPTConfig.anchor_continuations), or None. They set the
+        positions unless pos is given (generation), and GPTConfig.mark_borders marks them in both cases.
         """
         B, T = idx.shape
         varlen = None
@@ -410,10 +410,8 @@ class GPT(nn.Module):
         angles = pos.float()[..., None] * self.rope_inv_freq
         cos, sin = angles.cos(), angles.sin()
         x = self.embed(idx)
-        if self.border is not None:
-            border = anchor >= 0 if anchor is not None else border
-            if border is not None:
-                x = x + border[..., None] * self.border.to(x.dtype)
+        if self.border is not None and anchor is not None:
+            x = x + (anchor >= 0)[..., None] * self.border.to(x.dtype)
         x = self.drop(x)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -576,11 +574,11 @@ class GPT(nn.Module):
         decode_step = decode_step or decode_and_sample
         sampling = (temperature, top_k, top_p, cfg_scale, None if compiled else generator)
         try:
-            border = None
-            if anchor_at is not None and self.border is not None:  # each anchored prompt's last token
-                border = torch.zeros(len(rows), P, dtype=torch.bool, device=device)
-                border[:, P - 1] = anchored
-            h = prefill(self, idx, pos_all[:, :P], valid[:, :P], P, border)  # the prompt sees the prompt's slots only
+            anchor = None
+            if anchor_at is not None:  # at each anchored prompt's last token, as data.get_batch marks it
+                anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
+                anchor[:, P - 1] = torch.where(anchored, anchor_byte[:, 0], -1)
+            h = prefill(self, idx, pos_all[:, :P], valid[:, :P], P, anchor)  # the prompt sees the prompt's slots only
             token = sample_audio_token(self, h, temperature, top_k, top_p, generator, cfg_scale)
             done = torch.zeros(B, dtype=torch.bool, device=device)
             for t in range(max_new_tokens):
@@ -597,14 +595,14 @@ class GPT(nn.Module):
             self.clear_cache()
 
 
-def prefill(model, idx, pos, valid, P, border=None):
+def prefill(model, idx, pos, valid, P, anchor=None):
     """Run the whole prompt once, filling the cache; returns the last position's hidden state [B, n_embd]."""
     T = idx.shape[1]
     causal = torch.ones(T, valid.shape[1], dtype=torch.bool, device=idx.device).tril()
     own = torch.eye(T, valid.shape[1], dtype=torch.bool, device=idx.device)
     # a pad query sees only itself: a query with no visible key would make NaNs that leak through the values
     mask = (causal[None] & (valid[:, None, :] | own[None]))[:, None]  # [B, 1, T, S]
-    return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device), border=border)[:, -1]
+    return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device), anchor=anchor)[:, -1]
 
 
 def decode_one_token(model, token, pos, valid, input_pos):

@@ -227,8 +227,7 @@ if master_process:  # how much of each row is padding
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
                   mlp_ratio=mlp_ratio, rope_theta=rope_theta, audio_pos_rate=audio_pos_rate,
                   align_audio_pos=align_audio_pos, anchor_continuations=anchor_continuations, mark_borders=mark_borders,
-                  qk_norm=qk_norm,
-                  bias=bias, dropout=dropout, tie_weights=tie_weights)
+                  qk_norm=qk_norm, bias=bias, dropout=dropout, tie_weights=tie_weights)
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if init_from == "resume":
