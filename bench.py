@@ -17,6 +17,7 @@ block_size, ...) and ignores its training settings. --key=value flags override a
     ttfa_ms         time to first audio: prefill, then the first step (sample the first token, decode it)
     step_ms         one decode step, decode_and_sample: feed a token per row, sample the next (the factored head);
                     median of runs. --compile=True makes the whole step one CUDA graph on a GPU
+                    (model.decode_compile_options: the inductor settings that shorten it)
     tokens_per_s    audio tokens per second, all rows together
     rtf             seconds of audio per second of compute, all rows together (25 tokens = 1 s), as eval.py
     roofline        a decode step must read every weight once (only the embedding rows it looks up) and the KV
@@ -45,8 +46,8 @@ import time
 import torch
 
 from codec import TOKENS_PER_SECOND
-from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, decode_and_sample, prefill,
-                   sample_audio_token)
+from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, compile_decode_step,
+                   decode_and_sample, prefill, sample_audio_token)
 
 SHAPE_KEYS = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "rope_theta", "qk_norm", "bias",
               "tie_weights")
@@ -349,8 +350,7 @@ if __name__ == "__main__":
         decode_step = decode_and_sample
         if compile:
             print("compiling the decode step... (the warmup run)")
-            # one static graph per batch size (dynamic=False): on CUDA, a CUDA graph replayed every step
-            decode_step = torch.compile(decode_and_sample, mode="reduce-overhead" if cuda else None, dynamic=False)
+            decode_step = compile_decode_step(device)  # one graph per batch size; on CUDA, a CUDA graph
         with torch.no_grad():
             rows = [bench_sample(model, decode_step, b, prompt_len, new_tokens, runs, warmup, probe, device, sync, seed)
                     for b in sorted({1, batch_size})]

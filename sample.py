@@ -20,7 +20,7 @@ import torch
 
 from codec import TOKENS_PER_SECOND
 from data import CheckpointError, SyntheticSpeech, load_checkpoint
-from model import EOA, GPT, N_AUDIO, GPTConfig, decode_and_sample, make_prompt, text_to_tokens
+from model import EOA, GPT, N_AUDIO, GPTConfig, compile_decode_step, make_prompt, text_to_tokens
 
 # lower: fewer slips, less variety (synthetic corpus: CER 0.17 at T=1, 0.064 at 0.8, 0.044 at 0.6, no better lower)
 TEMPERATURE = 0.6
@@ -327,8 +327,7 @@ if __name__ == "__main__":
         model = model.to(getattr(torch, dtype))  # as gpt-fast: weights and KV cache in the compute dtype
         decode_step = None
         if compile:  # one graph per cache length (GPT.stream rounds it up to a multiple of 256)
-            decode_step = torch.compile(decode_and_sample, mode="reduce-overhead" if "cuda" in device else None,
-                                        dynamic=False)
+            decode_step = compile_decode_step(device)
         synthetic = checkpoint.get("config", {}).get("dataset") == "synthetic"
         on_token, finish, first = None, None, []
         if stream:

@@ -202,6 +202,21 @@ def test_sample_writes_wav_and_a_readable_spectrogram(trained, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000  # a drawn spectrogram, not an empty canvas
 
 
+def test_decode_compile_options_exist_in_this_torch(monkeypatch):
+    """The CUDA settings of the compiled step (no GPU here) are options this torch knows: torch.compile checks them
+    when it wraps the function, and an unknown one (a renamed inductor setting after an upgrade) raises."""
+    from model import decode_and_sample, decode_compile_options
+
+    assert decode_compile_options("cpu") is None
+    for capability, pdl in (((8, 0), False), ((9, 0), True)):  # programmatic dependent launch: Hopper and newer
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        options = decode_compile_options("cuda")
+        assert options["triton.cudagraphs"] and options.get("triton.enable_pdl", False) == pdl
+        torch.compile(decode_and_sample, dynamic=False, options=options)
+    with pytest.raises(RuntimeError, match="Unexpected optimization option"):
+        torch.compile(decode_and_sample, options={**options, "triton.no_such_setting": True})
+
+
 def test_compiled_decode_step_speaks_as_the_eager_one(trained):
     """sample.py --compile: torch.compile'd decode_and_sample (a CUDA graph on GPU) must not change the output."""
     from model import decode_and_sample
