@@ -15,7 +15,8 @@ block_size, ...) and ignores its training settings. --key=value flags override a
 --mode=sample (the default) times prefill and decode separately, at batch 1 and at --batch_size:
     prefill_ms      the prompt (prompt_len tokens per row) through the model, filling the KV cache
     ttfa_ms         time to first audio: prefill, then the first step (sample the first token, decode it)
-    step_ms         one decode step, decode_and_sample: feed a token per row, sample the next (the factored head);
+    step_ms         one decode step, decode_and_sample: feed a token per row, sample the next (the factored head,
+                    sample.py's default temperature and top_p);
                     median of runs. --compile=True makes the whole step one CUDA graph on a GPU
                     (model.decode_compile_options: the inductor settings that shorten it)
     tokens_per_s    audio tokens per second, all rows together
@@ -48,6 +49,7 @@ import torch
 from codec import TOKENS_PER_SECOND
 from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, compile_decode_step,
                    decode_and_sample, prefill, sample_audio_token)
+from sample import TEMPERATURE, TOP_P, load_model
 
 SHAPE_KEYS = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "rope_theta", "qk_norm", "bias",
               "tie_weights")
@@ -141,7 +143,7 @@ def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync)
     sync()
     t0 = time.perf_counter()
     h = prefill(model, prompt, pos[:, :P], valid[:, :P], P)  # as GPT.stream does
-    token = sample_audio_token(model, h, temperature=0.8, generator=generator)
+    token = sample_audio_token(model, h, temperature=TEMPERATURE, top_p=TOP_P, generator=generator)
     sync()
     t1 = time.perf_counter()
     compiled = decode_step is not decode_and_sample
@@ -150,8 +152,8 @@ def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync)
         # the random model emits EOA now and then: the step is timed all the same, as if the row went on
         slot = P + t
         seen = valid if compiled else valid[:, :slot + 1]  # as GPT.stream does
-        token = decode_step(model, token, pos[:, slot:slot + 1], seen, slots[slot:slot + 1], 0.8, None, None, 1.0,
-                            None if compiled else generator).clone()  # GPT.stream's torch.where copies it too: a
+        token = decode_step(model, token, pos[:, slot:slot + 1], seen, slots[slot:slot + 1], TEMPERATURE, None,
+                            TOP_P, 1.0, None if compiled else generator).clone()  # GPT.stream's torch.where copies it too: a
         # CUDA graph's output is overwritten by its next replay
         if t == 0:
             sync()
@@ -317,7 +319,6 @@ if __name__ == "__main__":
     torch.manual_seed(seed)
     if ckpt:
         from data import CheckpointError
-        from sample import load_model
 
         try:
             model, _ = load_model(ckpt, device)

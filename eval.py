@@ -52,7 +52,7 @@ import torch
 import speech_metrics as sm
 from codec import HOP, TOKENS_PER_SECOND, Codec, CodecUnavailable
 from data import INDEX_COLUMNS, CheckpointError, Shards, SyntheticSpeech
-from sample import TEMPERATURE, fail, load_model, synthesize
+from sample import TEMPERATURE, TOP_P, fail, load_model, synthesize
 
 # -----------------------------------------------------------------------------
 mode = ""  # synthetic | reference | roundtrip | model; "" = synthetic for a synthetic-corpus model, else model
@@ -66,7 +66,7 @@ batch_size = 32
 max_seconds = 30.0
 temperature = TEMPERATURE  # sample.py's default
 top_k = 0
-top_p = 0.0
+top_p = TOP_P  # sample.py's default
 cfg_scale = 1.0  # classifier-free guidance as in sample.py; 1 = off
 prompted = False  # synthetic: continue another utterance of the same speaker (a voice prompt); adds speaker_acc
 long_chars = 0  # synthetic: also score texts of up to this many characters (chunked by sample.py); 0 = off
