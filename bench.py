@@ -153,8 +153,8 @@ def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync)
         slot = P + t
         seen = valid if compiled else valid[:, :slot + 1]  # as GPT.stream does
         token = decode_step(model, token, pos[:, slot:slot + 1], seen, slots[slot:slot + 1], TEMPERATURE, None,
-                            TOP_P, 1.0, None if compiled else generator).clone()  # GPT.stream's torch.where copies it too: a
-        # CUDA graph's output is overwritten by its next replay
+                            TOP_P, 1.0, None if compiled else generator).clone()
+        # cloned as GPT.stream's torch.where copies it too: a CUDA graph's output is overwritten by its next replay
         if t == 0:
             sync()
             t2 = time.perf_counter()

@@ -116,8 +116,8 @@ def most_likely(scores, weakest=3):
 
 @torch.no_grad()
 def synthesize(model, texts, max_seconds=30.0, temperature=TEMPERATURE, top_k=0, top_p=TOP_P, seed=1337,
-               batch_size=16,
-               cfg_scale=1.0, voices=None, frames_per_byte=2.5, on_token=None, decode_step=None, best_of=1):
+               batch_size=16, cfg_scale=1.0, voices=None, frames_per_byte=2.5, on_token=None, decode_step=None,
+               best_of=1):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
 
