@@ -17,7 +17,7 @@ compile = False
 block_size = 320  # a sentence and the one before it (the chunk and its prompt) fit up to ~45 bytes each
 batch_size = 32
 gradient_accumulation_steps = 1
-text_dropout = 0.0
+text_dropout = 0.0  # 0.1 (for guidance) leaves prompted CER ~5x higher; guidance wins back about half (README)
 
 n_layer = 4
 n_head = 8
