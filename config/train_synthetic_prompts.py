@@ -2,7 +2,7 @@
 # hears speech continue mid-text, which voice prompts and long texts (each chunk prompted by the previous one) need,
 # with continuation anchors at the sentence border (see model.py). 60,000 utterances, 32 x 6000 steps (~3 epochs; the
 # 20,000 and 3000 of before left long texts at 1.2-1.6x the short-utterance CER and a new voice in 1 text of 10, see
-# README): ~28 min on 2 idle cores.
+# README): 60 min on one core beside another run (~28 min on 2 idle cores, scaled from 3000 steps, not timed).
 #   python prepare.py --dataset=synthetic --max_sentences=2 --n_train=60000 --out_dir=data/synthetic2
 #   python train.py config/train_synthetic_prompts.py
 #   python eval.py --out_dir=out-synthetic2 --prompted=True      # speaker_acc: outputs in the prompt's voice
