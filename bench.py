@@ -9,16 +9,17 @@ the hardware allows. nanoGPT's bench.py, for a TTS model: what matters is decode
     python bench.py --ckpt=out-synthetic/ckpt.pt                 # a trained model's shape and weights
     python bench.py --n_layer=2 --n_head=2 --n_embd=64 --block_size=128 --prompt_len=16 --new_tokens=16
 
-A config file is a training recipe: bench takes only the model's shape from it (n_layer, n_head, n_kv_head, n_embd,
-block_size, ...) and ignores its training settings. --key=value flags override any setting below.
+A config file is a training recipe: bench takes only the model from it (every model.GPTConfig field, so it times
+exactly the model the recipe trains) and ignores its training settings. --key=value flags override any setting
+below; python bench.py --help lists them.
 
 --mode=sample (the default) times prefill and decode separately, at batch 1 and at --batch_size:
     prefill_ms      the prompt (prompt_len tokens per row) through the model, filling the KV cache
     ttfa_ms         time to first audio: prefill, then the first step (sample the first token, decode it)
     step_ms         one decode step, decode_and_sample: feed a token per row, sample the next (the factored head,
-                    sample.py's default temperature and top_p);
+                    with the sampling settings of generate.Sampling, sample.py's defaults unless given);
                     median of runs. --compile=True makes the whole step one CUDA graph on a GPU
-                    (model.decode_compile_options: the inductor settings that shorten it)
+                    (generate.decode_compile_options: the inductor settings that shorten it)
     tokens_per_s    audio tokens per second, all rows together
     rtf             seconds of audio per second of compute, all rows together (25 tokens = 1 s), as eval.py
     roofline        a decode step must read every weight once (only the embedding rows it looks up) and the KV
@@ -41,22 +42,17 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
+from dataclasses import asdict, fields
 
 import torch
 
 from codec import TOKENS_PER_SECOND
-from model import (EOA, GPT, GPU_PEAK_FLOPS, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig, compile_decode_step,
-                   decode_and_sample, prefill, sample_audio_token)
-from sample import TEMPERATURE, TOP_P, load_model
-
-SHAPE_KEYS = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "rope_theta", "qk_norm", "bias",
-              "tie_weights")
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+from common import DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops
+from data import CheckpointError, load_model
+from generate import Sampling, compile_decode_step, decode_and_sample, prefill, sample_audio_token
+from model import EOA, GPT, N_AUDIO, SOA, TEXT_OFFSET, GPTConfig
+from optim import configure_optimizers
 
 
 def decode_bytes(model, batch_size, context_len, dtype_bytes):
@@ -137,13 +133,13 @@ def peak_memory_bytes(device):
 # sample mode
 
 
-def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync):
+def sample_run(model, decode_step, sampling, prompt, pos, valid, n_steps, generator, sync):
     """One generation of n_steps tokens per row. -> (prefill s, first step s, mean s of the steps after it)."""
     P = prompt.shape[1]
     sync()
     t0 = time.perf_counter()
-    h = prefill(model, prompt, pos[:, :P], valid[:, :P], P)  # as GPT.stream does
-    token = sample_audio_token(model, h, temperature=TEMPERATURE, top_p=TOP_P, generator=generator)
+    h = prefill(model, prompt, pos[:, :P], valid[:, :P], P)  # as generate.stream does
+    token = sample_audio_token(model, h, sampling, generator)
     sync()
     t1 = time.perf_counter()
     compiled = decode_step is not decode_and_sample
@@ -151,10 +147,10 @@ def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync)
     for t in range(n_steps):
         # the random model emits EOA now and then: the step is timed all the same, as if the row went on
         slot = P + t
-        seen = valid if compiled else valid[:, :slot + 1]  # as GPT.stream does
-        token = decode_step(model, token, pos[:, slot:slot + 1], seen, slots[slot:slot + 1], TEMPERATURE, None,
-                            TOP_P, 1.0, None if compiled else generator).clone()
-        # cloned as GPT.stream's torch.where copies it too: a CUDA graph's output is overwritten by its next replay
+        seen = valid if compiled else valid[:, :slot + 1]  # as generate.stream does
+        token = decode_step(model, token, pos[:, slot:slot + 1], seen, slots[slot:slot + 1], sampling,
+                            None if compiled else generator).clone()
+        # cloned as stream()'s torch.where copies it too: a CUDA graph's output is overwritten by its next replay
         if t == 0:
             sync()
             t2 = time.perf_counter()
@@ -163,7 +159,8 @@ def sample_run(model, decode_step, prompt, pos, valid, n_steps, generator, sync)
     return t1 - t0, t2 - t1, (t3 - t2) / (n_steps - 1)
 
 
-def bench_sample(model, decode_step, batch, prompt_len, new_tokens, runs, warmup, probe, device, sync, seed):
+def bench_sample(model, decode_step, sampling, batch, prompt_len, new_tokens, runs, warmup, probe, device, sync,
+                 seed):
     """Medians of runs generations at one batch size (after warmup ones), bandwidth probed before each."""
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -175,11 +172,11 @@ def bench_sample(model, decode_step, batch, prompt_len, new_tokens, runs, warmup
     model.setup_cache(batch, total)  # once, as gpt-fast: a compiled step keeps seeing the same buffers
     try:
         for _ in range(warmup):
-            sample_run(model, decode_step, prompt, pos, valid, new_tokens, generator, sync)
+            sample_run(model, decode_step, sampling, prompt, pos, valid, new_tokens, generator, sync)
         results = []
         for _ in range(runs):
             probe()
-            results.append(sample_run(model, decode_step, prompt, pos, valid, new_tokens, generator, sync))
+            results.append(sample_run(model, decode_step, sampling, prompt, pos, valid, new_tokens, generator, sync))
     finally:
         model.clear_cache()
     prefill_s, _, step_s = (statistics.median(r[i] for r in results) for i in range(3))
@@ -222,7 +219,7 @@ def train_batch(batch, seq_len, prompt_len, device):
 def bench_train(model, batch, seq_len, prompt_len, steps, warmup, compile_, ptdtype, device, sync, peak_flops):
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     model.train()
-    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
+    optimizers = configure_optimizers(model, 0.1, 1e-4, (0.9, 0.95), device_type)
     step_model = torch.compile(model) if compile_ else model
     autocast = torch.autocast(device_type, dtype=ptdtype, enabled=ptdtype != torch.float32)
     x, y = train_batch(batch, seq_len, prompt_len, device)
@@ -259,17 +256,11 @@ if __name__ == "__main__":
     # -----------------------------------------------------------------------------
     mode = "sample"  # 'sample' or 'train'
     ckpt = ""  # a checkpoint to take the shape and weights from; default: random weights of the shape below
-    # model shape (a config file's are taken; its training settings are not)
-    block_size = 1024
-    n_layer = 12
-    n_head = 12
-    n_kv_head = 0
-    n_embd = 768
-    mlp_ratio = 8 / 3
-    rope_theta = 10000.0
-    qk_norm = True
-    bias = False
-    tie_weights = False
+    # the model: every field of model.GPTConfig; a config file (a training recipe) sets these and nothing else
+    globals().update({f.name: f.default for f in fields(GPTConfig)})
+    _file_keys = [f.name for f in fields(GPTConfig)]
+    # how to sample (generate.Sampling, as sample.py); the decode step is timed with these
+    globals().update(Sampling.defaults())
     # what is timed
     batch_size = 0  # sample: batch N (batch 1 is always timed too), default 8; train: rows per step, default 1 on
     # a CPU, 16 on a GPU
@@ -279,38 +270,27 @@ if __name__ == "__main__":
     warmup = 1  # untimed ones first (compilation happens here)
     bandwidth_mb = 0  # the buffer that measures memory bandwidth, far bigger than the caches; 0 = 256 (CPU), 1024 (GPU)
     # system
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    device = default_device()
+    dtype = default_dtype()
     compile = False  # torch.compile: the decode step (CUDA graphs on a GPU) or the training model
     threads = 0  # CPU threads for torch; 0 = torch's default (one per core)
     peak_flops = 0.0  # train mode: the device's peak FLOP/s; 0 = by GPU name, or measured on a CPU
     seed = 1337
     # -----------------------------------------------------------------------------
-    # a config file is a training recipe: take the model's shape from it, leave the rest to the flags
-    _files = [a for a in sys.argv[1:] if "=" not in a and not a.startswith("-")]
-    for _path in _files:
-        try:
-            with open(_path) as _f:
-                _scope = {}
-                exec(_f.read(), _scope)
-        except OSError as _e:
-            fail(f"cannot read config file '{_path}': {_e.strerror}")
-        _shape = {k: _scope[k] for k in SHAPE_KEYS if k in _scope}
-        print(f"model shape from {_path}: {', '.join(f'{k}={v}' for k, v in _shape.items())}")
-        globals().update(_shape)
-    sys.argv = [a for a in sys.argv if a not in _files]
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     # -----------------------------------------------------------------------------
     if mode not in ("sample", "train"):
         fail(f"mode must be 'sample' or 'train', not {mode!r}")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        fail(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail("device is cuda but no GPU is visible; pass --device=cpu")
+    try:
+        check_device(device, dtype)
+        sampling = Sampling.from_settings(globals())
+        shape = GPTConfig(**{f.name: globals()[f.name] for f in fields(GPTConfig)})
+    except ValueError as e:
+        fail(str(e))
     if threads:
         torch.set_num_threads(threads)
     cuda = device.startswith("cuda")
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    ptdtype = DTYPES[dtype]
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -318,18 +298,12 @@ if __name__ == "__main__":
 
     torch.manual_seed(seed)
     if ckpt:
-        from data import CheckpointError
-
         try:
             model, _ = load_model(ckpt, device)
         except CheckpointError as e:
             fail(str(e))
     else:
-        try:
-            cfg = GPTConfig(**{k: globals()[k] for k in SHAPE_KEYS})
-        except AssertionError as e:
-            fail(str(e))
-        model = GPT(cfg).to(device)
+        model = GPT(shape).to(device)
     cfg = model.config
     if prompt_len < 2 or new_tokens < 2 or runs < 1 or warmup < 0 or batch_size < 1:
         fail("need prompt_len >= 2, new_tokens >= 2, runs >= 1, warmup >= 0, batch_size >= 1")
@@ -341,7 +315,7 @@ if __name__ == "__main__":
     report = {"mode": mode, "device": name, "dtype": dtype, "compile": compile, "threads": torch.get_num_threads(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_1min": os.getloadavg()[0],
               "params": n_params, "params_non_embedding": model.get_num_params(),
-              "config": {k: getattr(cfg, k) for k in SHAPE_KEYS}}
+              "config": asdict(cfg)}
     print(f"{mode}: {n_params / 1e6:.1f}M parameters ({model.get_num_params() / 1e6:.1f}M without embeddings), "
           f"{dtype} on {name}, compile {'on' if compile else 'off'}, load average {report['load_1min']:.2f}")
 
@@ -353,8 +327,8 @@ if __name__ == "__main__":
             print("compiling the decode step... (the warmup run)")
             decode_step = compile_decode_step(device)  # one graph per batch size; on CUDA, a CUDA graph
         with torch.no_grad():
-            rows = [bench_sample(model, decode_step, b, prompt_len, new_tokens, runs, warmup, probe, device, sync, seed)
-                    for b in sorted({1, batch_size})]
+            rows = [bench_sample(model, decode_step, sampling, b, prompt_len, new_tokens, runs, warmup, probe, device,
+                                 sync, seed) for b in sorted({1, batch_size})]
         kernels = {k: statistics.median(gbps) for k, gbps in probe().items()}  # one more reading, after the last run
         bandwidth = max(kernels.values())
         rows = [roofline(r, model, prompt_len, new_tokens, bandwidth, ptdtype.itemsize) for r in rows]
@@ -372,7 +346,7 @@ if __name__ == "__main__":
     else:
         peak_source = "given"
         if not peak_flops and cuda:
-            peak_flops = next((f for key, f in GPU_PEAK_FLOPS if key in name), 0.0)
+            peak_flops = gpu_peak_flops(device)
             peak_source = "table (dense bf16)" if peak_flops else "unknown GPU: pass --peak_flops"
         elif not peak_flops:
             peak_flops = matmul_flops(device, ptdtype, sync)

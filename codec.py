@@ -9,6 +9,7 @@ track of lengths, and imports stable_codec with the small install of requirement
     codec = Codec()                               # loads checkpoints/stable-codec/{model_config.json,model.ckpt}
     tokens, lengths = codec.encode([wav], [sr])   # wav: float array [L] or [L, C] at any rate
     audio = codec.decode(tokens, lengths)         # list of float32 arrays at 16 kHz
+    StreamingDecoder(codec, write)                # audio as the tokens arrive (sample.py --stream)
 
 A token id is a mixed-radix number: base-6 digit i is the quantisation level (0..5) of latent dimension i, and
 level k is the latent value k * 2/5 - 1. So ids that differ in one digit differ in one latent dimension only
@@ -39,6 +40,8 @@ PRESET = '1x46656_400bps'  # one FSQ stage, 6 latent dimensions x 6 levels
 LEVELS, DIMS = 6, 6
 VOCAB = LEVELS ** DIMS  # 46656
 TARGET_LUFS = -20.0  # the loudness the codec was trained at
+CONFIG_PATH = 'checkpoints/stable-codec/model_config.json'  # where `hf download` below puts the weights
+CKPT_PATH = 'checkpoints/stable-codec/model.ckpt'
 
 INSTALL = 'pip install --no-deps -r requirements-codec.txt'
 DOWNLOAD = ('pip install huggingface_hub && hf auth login && hf download stabilityai/stable-codec-speech-16k '
@@ -170,8 +173,7 @@ class Codec:
     """The real stable_codec.StableCodec with the 1x46656 preset. ckpt_path=None builds random weights from the
     config (for tests with a small stand-in config)."""
 
-    def __init__(self, config_path='checkpoints/stable-codec/model_config.json',
-                 ckpt_path='checkpoints/stable-codec/model.ckpt', device='cpu'):
+    def __init__(self, config_path=CONFIG_PATH, ckpt_path=CKPT_PATH, device='cpu'):
         problems, fixes = [], []
         try:
             StableCodec = _import_stable_codec()
@@ -227,3 +229,33 @@ class Codec:
         audio = self.codec.decode([tokens.long().unsqueeze(-1).to(self.device)], posthoc_bottleneck=True)
         audio = audio[:, 0].float().cpu().numpy()  # [B, 1, S * 640] -> [B, S * 640]
         return [audio[i, :n * HOP].copy() for i, n in enumerate(lengths)]
+
+
+class StreamingDecoder:
+    """
+    Turns a growing list of codec ids into audio as it grows. Every `hop` new tokens it decodes a window that
+    reaches `context` tokens back (the decoder's attention and convolutions see the same left context as in one
+    long decode, so borders are seamless) and holds back the last `lookahead` tokens, whose audio still depends on
+    tokens to come. write(samples) receives float32 audio at 16 kHz in order; flush() writes the rest.
+    """
+
+    def __init__(self, codec, write, hop=10, context=50, lookahead=4):
+        self.codec, self.write = codec, write
+        self.hop, self.context, self.lookahead = hop, context, lookahead
+        self.tokens, self.done = [], 0  # ids so far; ids whose audio has been written
+
+    def push(self, token):
+        self.tokens.append(token)
+        if len(self.tokens) - self.lookahead - self.done >= self.hop:
+            self._emit(len(self.tokens) - self.lookahead)
+
+    def flush(self):
+        if len(self.tokens) > self.done:
+            self._emit(len(self.tokens))
+
+    def _emit(self, upto):
+        start = max(0, self.done - self.context)
+        wav = self.codec.decode([np.array(self.tokens[start:], dtype=np.int64)])[0]
+        hop = len(wav) // (len(self.tokens) - start)  # samples per token (640 for Stable Codec)
+        self.write(wav[(self.done - start) * hop:(upto - start) * hop])
+        self.done = upto

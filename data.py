@@ -1,6 +1,6 @@
 """
 Data shared by prepare.py, train.py, sample.py and eval.py: the on-disk shard format, the training batches, and the
-built-in synthetic speech corpus.
+checkpoints (the synthetic corpus is in synthetic.py).
 
 Shard format (one folder per dataset, e.g. data/synthetic/), defined here and nowhere else:
     meta.json           {"format": "dirt-shards-v2", "dataset", "tokens_per_second": 25, "speakers": [names],
@@ -21,24 +21,18 @@ import os
 
 import numpy as np
 
-from model import EOA, N_AUDIO, PAD, SOA, TEXT_OFFSET
+from codec import TOKENS_PER_SECOND
+from common import atomic_write
+from model import EOA, GPT, N_AUDIO, PAD, SOA, TEXT_OFFSET, GPTConfig
 
 FORMAT = "dirt-shards-v2"
 READABLE_FORMATS = ("dirt-shards-v1", FORMAT)
 INDEX_COLUMNS = ("text_start", "text_len", "audio_start", "audio_len", "speaker", "border_text", "border_audio")
+COLUMN = {name: i for i, name in enumerate(INDEX_COLUMNS)}  # index[:, COLUMN["audio_len"]]: columns by name
 
 
 # --------------------------------------------------------------------------------------------------------------
 # shard format
-
-
-def _atomic_save(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_split(out_dir, split, utterances):
@@ -64,14 +58,14 @@ def write_split(out_dir, split, utterances):
     index = np.array(index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS))
     for name, arr in (("text", texts), ("audio", audios)):
         data = np.concatenate(arr) if arr else np.zeros(0, dtype=np.uint8 if name == "text" else np.uint16)
-        _atomic_save(os.path.join(out_dir, f"{split}.{name}.bin"), lambda f, d=data: f.write(d.tobytes()))
-    _atomic_save(os.path.join(out_dir, f"{split}.index.npy"), lambda f: np.save(f, index))
+        atomic_write(os.path.join(out_dir, f"{split}.{name}.bin"), lambda f, d=data: f.write(d.tobytes()))
+    atomic_write(os.path.join(out_dir, f"{split}.index.npy"), lambda f: np.save(f, index))
     return {"utterances": len(index), "text_bytes": text_pos, "audio_tokens": audio_pos}
 
 
 def write_meta(out_dir, meta):
-    meta = {"format": FORMAT, "tokens_per_second": 25, **meta}
-    _atomic_save(os.path.join(out_dir, "meta.json"), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    meta = {"format": FORMAT, "tokens_per_second": TOKENS_PER_SECOND, **meta}
+    atomic_write(os.path.join(out_dir, "meta.json"), lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
 
 def read_meta(data_dir):
@@ -107,7 +101,7 @@ class Shards:
 
     def __getitem__(self, i):
         """-> (text bytes, audio ids as int64 array, speaker index)"""
-        ts, tl, as_, al, speaker = (int(v) for v in self.index[i, :5])
+        ts, tl, as_, al, speaker = (int(self.index[i, COLUMN[c]]) for c in INDEX_COLUMNS[:5])
         return bytes(self.text[ts:ts + tl]), self.audio[as_:as_ + al].astype(np.int64), speaker
 
     def anchor(self, i, text_dropped=False):
@@ -115,12 +109,17 @@ class Shards:
         Utterance i's continuation anchor in its training stream (text, SOA, audio): (the stream offset of its first
         sentence's last audio frame, the byte where the last sentence starts), or None (one sentence, or no text).
         """
-        text_len, border_text, border_audio = (int(self.index[i, c]) for c in (1, 5, 6))
+        text_len, border_text, border_audio = (int(self.index[i, COLUMN[c]]) for c in
+                                               ("text_len", "border_text", "border_audio"))
         return None if text_dropped or border_audio == 0 else (text_len + border_audio, border_text)
 
     def stream_lengths(self):
         """Tokens per training stream: text + SOA + audio + EOA."""
-        return self.index[:, 1] + self.index[:, 3] + 2
+        return self.column("text_len") + self.column("audio_len") + 2
+
+    def column(self, name):
+        """One column of the index (INDEX_COLUMNS) for every utterance."""
+        return self.index[:, COLUMN[name]]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,7 +186,7 @@ def get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout=0.0
     while total < target:  # draw batch_size at a time until the batch is full
         picks.append(rows[rng.integers(len(rows), size=batch_size)])
         drop.append(rng.random(batch_size) < text_dropout)
-        text_len, audio_len = shards.index[picks[-1], 1], shards.index[picks[-1], 3]
+        text_len, audio_len = shards.column("text_len")[picks[-1]], shards.column("audio_len")[picks[-1]]
         lengths.append(text_len * ~drop[-1] + audio_len + 1)  # text, SOA, audio
         total += int(lengths[-1].sum())
     picks, drop, lengths = np.concatenate(picks), np.concatenate(drop), np.concatenate(lengths)
@@ -218,126 +217,6 @@ def get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout=0.0
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the synthetic speech corpus
-
-
-WORDS = """
-the a an and of to in is was he she it you we they that this for on with as at by from but not or have has had
-be been are were one two three four five six seven eight nine ten all some any many more most other new old good
-great small large long little big high low first last next early late young right left same different own
-time year day week night morning evening people man woman child friend family world house home room door window
-city town river sea water fire tree garden road street car train book letter story song voice word name question
-answer idea money work school market table chair bread milk tea coffee light music picture paper color sound
-see saw look find found give gave take took make made come came go went know knew think thought say said tell told
-ask asked call called try tried leave left feel felt keep kept begin began walk walked run ran sing sang read write
-open close bring brought carry hold speak spoke listen hear heard learn play wait stay watch follow show
-quickly slowly softly always never often today tomorrow yesterday here there now then again very quite almost
-""".split()
-
-
-class SyntheticSpeech:
-    """
-    A toy text-to-speech corpus that checks the machinery, not a model of speech. Its token sequences behave like
-    speech tokens where it matters for a TTS model:
-    - monotonic in the text: each byte lasts 1 to 3 frames (random per frame, speaker-dependent rates averaging
-      1.55 to 2.0 frames per byte, i.e. 12 to 16 characters per second at 25 Hz);
-    - a frame's id depends on its byte, on the class of the NEXT byte (coarticulation) and on whether it is the
-      byte's onset or a hold, so the model must read ahead in the text and keep time;
-    - each speaker changes every id in its own way; ids are spread over the whole 0..46655 range by an affine
-      bijection, so neighbouring ids share nothing (the hard case for a model: no structure to lean on);
-    - one sentence per utterance, or up to max_sentences (a share multi_share of them), each spoken on its own and
-      joined: a voice prompt or the previous chunk of a long text is a finished utterance (its last frame has the
-      end-of-text context), so a model that hears finished sentences continue learns what prompts and chunks need;
-    - `recognise` inverts it exactly: any token sequence -> (text, speaker per frame), which makes character error
-      rate (CER) and speaker consistency the toy counterparts of ASR WER and speaker similarity.
-    """
-
-    n_speakers = 4
-    n_classes = 4  # class of the next byte: vowel, other letter, space, anything else (incl. end of text)
-    n_phases = 2  # onset frame, hold frame
-    durations = (1, 2, 3)
-    rates = ((0.50, 0.45, 0.05), (0.35, 0.55, 0.10), (0.30, 0.50, 0.20), (0.20, 0.60, 0.20))  # per speaker
-    scale, shift = 7919, 12345  # id = (scale * code + shift) mod 46656; scale is coprime with 46656 = 2^6 3^6
-    n_codes = 256 * n_classes * n_phases * n_speakers  # 8192 of the 46656 ids are ever said
-
-    def __init__(self, max_sentences=1, multi_share=0.4):
-        self.max_sentences, self.multi_share = max_sentences, multi_share
-        self.unscale = pow(self.scale, -1, N_AUDIO)
-        cls = np.full(257, 3, dtype=np.int64)  # index 256 = end of text
-        cls[list(b"aeiouAEIOU")] = 0
-        cls[[b for b in range(256) if chr(b).isalpha() and b not in b"aeiouAEIOU" and b < 128]] = 1
-        cls[ord(" ")] = 2
-        self.byte_class = cls
-
-    def sentence(self, rng):
-        words = [WORDS[i] for i in rng.integers(0, len(WORDS), size=int(rng.integers(2, 8)))]
-        text = " ".join(words)
-        return text[0].upper() + text[1:] + str(rng.choice([".", ".", ".", "?", "!"]))
-
-    def sentences(self, rng):
-        """One sentence, or (multi_share of the time) more: a model that has heard two in a row can continue a
-        prompt or a chunk."""
-        n = (1 if self.max_sentences == 1 or rng.random() < 1 - self.multi_share
-             else int(rng.integers(2, self.max_sentences + 1)))
-        return [self.sentence(rng) for _ in range(n)]
-
-    def speak(self, text, speaker, rng):
-        """text bytes -> codec-like ids, one per 40 ms frame."""
-        b = np.frombuffer(text, dtype=np.uint8).astype(np.int64)
-        nxt = self.byte_class[np.append(b[1:], 256)]
-        dur = rng.choice(self.durations, size=len(b), p=self.rates[speaker])
-        byte = np.repeat(b, dur)
-        klass = np.repeat(nxt, dur)
-        phase = np.ones(len(byte), dtype=np.int64)
-        phase[np.cumsum(dur) - dur] = 0
-        code = ((byte * self.n_classes + klass) * self.n_phases + phase) * self.n_speakers + speaker
-        return (self.scale * code + self.shift) % N_AUDIO
-
-    def utterance(self, rng):
-        """-> (text, audio, speaker, (border_text, border_audio): where its last sentence starts; 0, 0 if one)"""
-        speaker = int(rng.integers(self.n_speakers))
-        parts = [s.encode() if i == 0 else b" " + s.encode() for i, s in enumerate(self.sentences(rng))]
-        spoken = [self.speak(part, speaker, rng) for part in parts]  # each finished on its own
-        border = (sum(map(len, parts[:-1])), sum(map(len, spoken[:-1])))
-        return b"".join(parts), np.concatenate(spoken), speaker, border
-
-    def decode_frames(self, ids):
-        """ids -> (byte, phase, speaker) per frame; all -1 for an id no speaker ever says."""
-        code = (np.asarray(ids, dtype=np.int64) - self.shift) * self.unscale % N_AUDIO
-        valid = code < self.n_codes
-        speaker = np.where(valid, code % self.n_speakers, -1)
-        phase = np.where(valid, code // self.n_speakers % self.n_phases, -1)
-        byte = np.where(valid, code // (self.n_speakers * self.n_phases * self.n_classes), -1)
-        return byte, phase, speaker
-
-    def recognise(self, ids):
-        """
-        Token ids -> (text, speakers per frame). A character starts at each onset frame, and at a hold frame whose
-        byte differs from the character it would extend; ids no speaker says are dropped (and count as errors in
-        speaker consistency).
-        """
-        byte, phase, speaker = self.decode_frames(ids)
-        out, current = bytearray(), None
-        for b, p in zip(byte.tolist(), phase.tolist()):
-            if b < 0:
-                current = None
-                continue
-            if p == 0 or b != current:
-                out.append(b)
-            current = b
-        return out.decode("utf-8", errors="replace"), speaker
-
-
-def synthetic_corpus(seed, n_train, n_val, max_sentences=1, multi_share=0.4):
-    """Deterministic from seed: (train utterances, val utterances, speaker names)."""
-    corpus = SyntheticSpeech(max_sentences, multi_share)
-    rng = np.random.default_rng(seed)
-    train = [corpus.utterance(rng) for _ in range(n_train)]
-    val = [corpus.utterance(rng) for _ in range(n_val)]
-    return train, val, [f"synthetic-{s}" for s in range(corpus.n_speakers)]
-
-
-# --------------------------------------------------------------------------------------------------------------
 # checkpoints: one dict (model, optimizer, model_args, iter_num, best_val_loss, config), as in nanoGPT
 
 
@@ -346,9 +225,7 @@ def save_checkpoint(path, checkpoint):
     import torch
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path, device="cpu"):
@@ -369,6 +246,31 @@ def load_checkpoint(path, device="cpu"):
     if missing:
         raise CheckpointError(f"{path} is not a Dirt checkpoint (missing {', '.join(missing)})")
     return ckpt
+
+
+def model_config(model_args, path):
+    """A checkpoint's model_args -> GPTConfig; an unknown or invalid one is a CheckpointError naming it."""
+    from dataclasses import fields
+
+    unknown = sorted(set(model_args) - {f.name for f in fields(GPTConfig)})
+    if unknown:
+        raise CheckpointError(f"{path} has model settings this model.py does not know ({', '.join(unknown)}); "
+                              "it was written by another version of Dirt")
+    try:
+        return GPTConfig(**model_args)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has invalid model settings: {e}") from None
+
+
+def load_model(path, device="cpu"):
+    """-> (model in eval mode on device, checkpoint dict). Raises CheckpointError with a one-line reason."""
+    ckpt = load_checkpoint(path, device)
+    model = GPT(model_config(ckpt["model_args"], path))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match the model: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), ckpt
 
 
 class CheckpointError(RuntimeError):

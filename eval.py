@@ -35,7 +35,7 @@ first of --n + 1 serving as every line's prompt audio. Model mode needs only the
 Prints a summary table and the worst transcripts, writes one CSV row per utterance (--csv; default
 <out_dir>/eval_<mode>.csv in model mode, ./eval_<mode>.csv otherwise) and, as the LAST line, one JSON object for
 scripts and CI: mode, n, wer, cer, the other metrics that were computed, and not_computed: {metric: reason}.
-(The synthetic mode's JSON has the keys listed above, plus n, temperature and iter_num.)
+(The synthetic mode's JSON has the keys listed above, plus n, the sampling settings and iter_num.)
 """
 
 import json
@@ -44,15 +44,17 @@ import sys
 import time
 import warnings
 from csv import DictWriter
+from dataclasses import asdict
 
 import jiwer
 import numpy as np
-import torch
 
 import speech_metrics as sm
-from codec import HOP, TOKENS_PER_SECOND, Codec, CodecUnavailable
-from data import INDEX_COLUMNS, CheckpointError, Shards, SyntheticSpeech
-from sample import TEMPERATURE, TOP_P, fail, load_model, synthesize
+from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable
+from common import default_device, fail
+from data import CheckpointError, Shards, load_model
+from generate import Sampling, synthesize
+from synthetic import SyntheticSpeech
 
 # -----------------------------------------------------------------------------
 mode = ""  # synthetic | reference | roundtrip | model; "" = synthetic for a synthetic-corpus model, else model
@@ -63,27 +65,22 @@ data_dir = ""  # synthetic mode: default the dataset the model was trained on
 # +-0.01 of noise), 40 Asterisk prompts, every line of --test_list
 n = 0
 batch_size = 32
-max_seconds = 30.0
-temperature = TEMPERATURE  # sample.py's default
-top_k = 0
-top_p = TOP_P  # sample.py's default
-cfg_scale = 1.0  # classifier-free guidance as in sample.py; 1 = off
+globals().update(Sampling.defaults())  # temperature, top_k, top_p, cfg_scale, best_of, max_seconds: as sample.py
 prompted = False  # synthetic: continue another utterance of the same speaker (a voice prompt); adds speaker_acc
 long_chars = 0  # synthetic: also score texts of up to this many characters (chunked by sample.py); 0 = off
 long_n = 8  # how many such texts
 continued = False  # synthetic: second sentences after their true first one, and alone (see evaluate_synthetic)
-best_of = 1  # sample each chunk this many times and keep the most likely (sample.py --best_of)
 seed = 1337
 # real speech
 test_list = ""  # audio_path|transcript lines or JSONL (see above); "" = the Asterisk prompts
 asr_model = ""  # Whisper: a CTranslate2 model folder, or a faster-whisper name (downloads); "" = the offline tiny.en
 lang = "en"  # language of the texts: the normaliser's number words and Whisper's language
 mos = "p808"  # DNSMOS: p808, full (adds P.835, ~5x slower) or off
-codec_config = "checkpoints/stable-codec/model_config.json"
-codec_ckpt = "checkpoints/stable-codec/model.ckpt"  # '' = random weights (a test fixture: every step runs)
+codec_config = CONFIG_PATH
+codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture: every step runs)
 csv = ""  # per-utterance CSV; default <out_dir>/eval_<mode>.csv (model mode) or ./eval_<mode>.csv
 audio_dir = ""  # also write each scored clip here as a 16 kHz WAV, to listen to
-device = "cuda" if torch.cuda.is_available() else "cpu"
+device = default_device()
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 # -----------------------------------------------------------------------------
@@ -115,7 +112,7 @@ def evaluate_synthetic(model, checkpoint):
     if val.meta.get("dataset") != "synthetic":
         fail(f"{data_dir} is not the synthetic corpus; for real speech use --mode=model --test_list=... "
              "(needs the codec and an ASR model)")
-    if continued and not val.index[:, INDEX_COLUMNS.index("border_audio")].any():
+    if continued and not val.column("border_audio").any():
         fail(f"{data_dir} has no two-sentence utterances; --continued needs prepare.py --max_sentences=2")
     lengths = val.stream_lengths()
     rows = [i for i in range(len(val)) if lengths[i] < model.config.block_size][:n or None]
@@ -131,8 +128,7 @@ def evaluate_synthetic(model, checkpoint):
             others = [j for j in by_speaker.get(val[i][2], []) if j != i]
             voices.append(val[others[i % len(others)]][:2] if others else None)
     t0 = time.time()
-    outputs = synthesize(model, [text for text, _, _ in references], max_seconds, temperature, top_k, top_p, seed,
-                         batch_size, cfg_scale, voices, best_of=best_of)
+    outputs = synthesize(model, [text for text, _, _ in references], sampling, seed, batch_size, voices)
     dt = time.time() - t0
     texts = [text.decode("utf-8") for text, _, _ in references]
     scores = score_synthetic(texts, outputs)
@@ -155,15 +151,14 @@ def evaluate_synthetic(model, checkpoint):
                 if len(longs) == long_n:
                     break
             current = f"{current} {sentence}".strip()
-        long_out = synthesize(model, [t.encode() for t in longs], max_seconds, temperature, top_k, top_p, seed,
-                              batch_size, cfg_scale, best_of=best_of)
+        long_out = synthesize(model, [t.encode() for t in longs], sampling, seed, batch_size)
         long_scores = score_synthetic(longs, long_out)
         result.update(long_n=len(longs), long_chars=long_chars, long_cer=long_scores["cer"],
                       long_speaker_consistency=long_scores["speaker_consistency"],
                       long_one_voice=round(float(np.mean([one_voice(o) for o in long_out])), 4))
     if continued:
         result.update(continued_score(model, val))
-    result.update(temperature=temperature, cfg_scale=cfg_scale, best_of=best_of, iter_num=checkpoint["iter_num"])
+    result.update(**asdict(sampling), iter_num=checkpoint["iter_num"])
     return result
 
 
@@ -171,7 +166,7 @@ def continued_score(model, val):
     """eval.py --continued (see evaluate_synthetic): second sentences after their first, and alone."""
     firsts, seconds = [], []
     for i in range(len(val)):
-        border_text, border_audio = (int(val.index[i, INDEX_COLUMNS.index(c)]) for c in ("border_text", "border_audio"))
+        border_text, border_audio = (int(val.column(c)[i]) for c in ("border_text", "border_audio"))
         if border_audio:  # the corpus joins sentences with a space: the second starts after it
             text, audio, _ = val[i]
             firsts.append((text[:border_text], audio[:border_audio]))
@@ -180,8 +175,7 @@ def continued_score(model, val):
     texts = [t.decode("utf-8") for t in seconds]
     result = {"continued_n": len(seconds)}
     for name, voices in (("continued", firsts), ("alone", None)):
-        outputs = synthesize(model, seconds, max_seconds, temperature, top_k, top_p, seed, batch_size, cfg_scale,
-                             voices, best_of=best_of)
+        outputs = synthesize(model, seconds, sampling, seed, batch_size, voices)
         heard = [h.strip() for h in score_synthetic(texts, outputs)["heard"]]  # a continuation speaks its space too
         result[f"{name}_wrong"] = round(float(np.mean([h != t for h, t in zip(heard, texts)])), 4)
         result[f"{name}_cer"] = round(jiwer.cer(texts, [h or " " for h in heard]), 4)
@@ -284,7 +278,7 @@ def roundtrip(codec, wavs):
     for rows in by_length.values():
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
-            tokens, lengths = codec.encode([wavs[i] for i in batch], sm.SR)
+            tokens, lengths = codec.encode([wavs[i] for i in batch], SAMPLE_RATE)
             for i, audio in zip(batch, codec.decode(tokens, lengths)):
                 out[i] = audio
     return out
@@ -365,8 +359,14 @@ if mode not in ("",) + MODES:
     fail(f"unknown --mode={mode}; use one of {', '.join(MODES)}")
 if n < 0:
     fail("--n must be at least 1 (or 0 for the mode's default)")
+if batch_size < 1:
+    fail(f"--batch_size={batch_size}: use 1 or more")
 if mos not in ("p808", "full", "off"):
     fail(f"--mos={mos}: use p808, full or off")
+try:
+    sampling = Sampling.from_settings(globals())
+except ValueError as e:
+    fail(str(e))
 
 model = checkpoint = None
 if mode in ("", "synthetic", "model"):
@@ -419,13 +419,12 @@ else:  # model
         if it["prompt_wav"] is not None and id(it["prompt_wav"]) not in encoded:
             if not (it["prompt_text"] or "").strip():
                 fail(f"{it['name']}: a voice prompt needs its transcript; add \"prompt_text\" to the test list")
-            tokens, lengths = codec.encode([it["prompt_wav"]], sm.SR)
+            tokens, lengths = codec.encode([it["prompt_wav"]], SAMPLE_RATE)
             encoded[id(it["prompt_wav"])] = (it["prompt_text"].strip().encode("utf-8"), tokens[0, :lengths[0]].numpy())
     voices = [encoded.get(id(it["prompt_wav"])) for it in items]
     t_sample = time.time()
     try:
-        outputs = synthesize(model, texts, max_seconds, temperature, top_k, top_p, seed, batch_size, cfg_scale,
-                             voices)
+        outputs = synthesize(model, texts, sampling, seed, batch_size, voices)
     except ValueError as e:
         fail(str(e))
     dt = time.time() - t_sample
@@ -434,7 +433,7 @@ else:  # model
     for start in range(0, len(outputs), batch_size):
         wavs += codec.decode(list(outputs[start:start + batch_size]))
     summary, rows = score(items, wavs, transcriber, why_no_asr)
-    extra.update(tokens_per_s=n_tokens / dt, rtf=n_tokens / TOKENS_PER_SECOND / dt, temperature=temperature,
+    extra.update(tokens_per_s=n_tokens / dt, rtf=n_tokens / TOKENS_PER_SECOND / dt, **asdict(sampling),
                  iter_num=checkpoint["iter_num"])
     print_report(f"model {ckpt or os.path.join(out_dir, 'ckpt.pt')} (iter {checkpoint['iter_num']}): {len(rows)} "
                  f"lines, {summary['audio_seconds']:.0f} s of speech sampled at {extra['rtf']:.2f}x real time",
@@ -444,7 +443,7 @@ if audio_dir:
     import soundfile
     os.makedirs(audio_dir, exist_ok=True)
     for i, (it, wav) in enumerate(zip(items, wavs)):
-        soundfile.write(os.path.join(audio_dir, f"{i:03d}_{it['name']}.wav"), wav, sm.SR)
+        soundfile.write(os.path.join(audio_dir, f"{i:03d}_{it['name']}.wav"), wav, SAMPLE_RATE)
 write_csv(csv, rows)
 print(f"\nper-utterance scores: {csv}" + (f"; audio: {audio_dir}/" if audio_dir else ""))
 print(json.dumps(clean(result(summary, **extra, eval_seconds=time.time() - t0))))

@@ -22,9 +22,8 @@ would be most of the FLOPs, of the decode-step bytes and of CPU training time.
 The block is a modern one (RMSNorm, RoPE, SwiGLU, optional QK-norm, grouped-query attention, no biases by default).
 The loss covers audio tokens and EOA only: predicting the text is not the task. A training row may also hold several
 utterances back to back (`doc` ids, see data.get_packed_batch): each keeps the positions and attention it has alone.
-Generation follows gpt-fast: a preallocated KV cache, one `prefill` over the prompt, then a small `decode_and_sample`
-step (feed a token, sample the next) that `torch.compile` turns into one CUDA graph. This file has no I/O and no
-training logic.
+The KV cache is preallocated here (setup_cache); generate.py fills it: one prefill over the prompt, then a small
+decode step, as in gpt-fast. This file is the network only: no sampling, no optimizer, no I/O.
 """
 
 import math
@@ -67,53 +66,62 @@ def make_prompt(text_tokens, audio_prefix=None):
     return torch.cat(parts)
 
 
-# dense bf16 peak FLOP/s by GPU name, for MFU (train.py, bench.py); the first name found in the device's name wins
-GPU_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12), ("L40", 181e12),
-                  ("A10", 125e12), ("L4", 121e12), ("3090", 71e12), ("V100", 125e12))
-
 # --------------------------------------------------------------------------------------------------------------
 # model
 
 
 @dataclass
 class GPTConfig:
+    """The model's shape and layout: the one list of model settings (train.py and bench.py take theirs from it)."""
+
     block_size: int = 1024  # longest stream (text + audio) the model is trained on
-    vocab_size: int = VOCAB_SIZE
     n_layer: int = 12
     n_head: int = 12
     n_kv_head: int = 0  # grouped-query attention; 0 = same as n_head. Fewer KV heads = a smaller cache to read
     n_embd: int = 768
     mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * n_embd, rounded up to a multiple of 64
     rope_theta: float = 10000.0
-    # RoPE position step per audio token after SOA. Near the bytes spoken per frame (~0.55 for English at 25 Hz), an
-    # audio frame sits at about the position of the text it speaks: a monotonic-alignment prior for attention. An
-    # experiment knob: on the synthetic corpus 0.55 learned no faster than 1.0 over 300 steps. 1.0 = plain positions.
-    audio_pos_rate: float = 1.0
-    # Audio positions restart at the text's origin: the first audio frame sits at position 0 (the first byte), frame
-    # k at k * audio_pos_rate, so with the rate near bytes per frame a frame sits near the byte it speaks.
-    align_audio_pos: bool = False
-    # With align_audio_pos: where speech continues after a finished sentence (a voice prompt, the previous chunk of a
-    # long text, the second sentence of a training utterance), the audio positions restart at the continuation's first
-    # byte, as the first frame's do at byte 0. Without it the prompt's audio drifts from its text by the speaker's
-    # own rate (a slow speaker falls behind the prior) and the continuation starts a word early or late.
-    anchor_continuations: bool = False
-    # With anchor_continuations: a learned vector added to the input at each anchor (a finished sentence's last audio
-    # token). Positions alone mark a border only where the restart is a jump: where the anchor lands near the prompt's
-    # natural next position, a model without the mark re-speaks the prompt's final "." and skips words.
-    mark_borders: bool = False
-    qk_norm: bool = False
-    bias: bool = False
+    # Near the bytes spoken per frame (~0.55 for English at 25 Hz) an audio frame sits at about the position of the
+    # text it speaks: a monotonic-alignment prior for attention. 1.0 = plain positions.
+    audio_pos_rate: float = 1.0  # RoPE position step per audio token after SOA
+    # Frame k then sits at k * audio_pos_rate, so with the rate near bytes per frame a frame sits near its byte.
+    align_audio_pos: bool = False  # audio positions restart at the text's origin (the first frame at position 0)
+    # Where speech continues after a finished sentence (a voice prompt, the previous chunk of a long text, the second
+    # sentence of a training utterance), the audio positions restart at the continuation's first byte, as the first
+    # frame's do at byte 0. Without it the prompt's audio drifts from its text by the speaker's own rate (a slow
+    # speaker falls behind the prior) and the continuation starts a word early or late.
+    anchor_continuations: bool = False  # with align_audio_pos: positions restart where speech continues
+    # Positions alone mark a border only where the restart is a jump: where the anchor lands near the prompt's natural
+    # next position, a model without the mark re-speaks the prompt's final "." and skips words.
+    mark_borders: bool = False  # with anchor_continuations: a learned vector added at each anchor
+    qk_norm: bool = True  # RMSNorm on each head's queries and keys
+    bias: bool = False  # biases in the linear layers
     dropout: float = 0.0
     tie_weights: bool = False  # an audio id's input vector = its coarse + fine output rows (no separate table)
 
     def __post_init__(self):
+        """Settings that cannot build a model are a ValueError naming the setting (scripts print it as one line)."""
+        positive = {k: getattr(self, k) for k in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio",
+                                                  "rope_theta", "audio_pos_rate")}
+        for k, v in positive.items():
+            if not v > 0:
+                raise ValueError(f"{k} must be > 0, not {v}")
+        if not 0 <= self.n_kv_head <= self.n_head:
+            raise ValueError(f"n_kv_head must be from 0 (= n_head) to n_head ({self.n_head}), not {self.n_kv_head}")
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
-        assert self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"
-        assert self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head"
-        assert self.vocab_size >= PAD + 1, f"vocab_size must cover the token layout ({PAD + 1})"
-        assert self.align_audio_pos or not self.anchor_continuations, "anchor_continuations needs align_audio_pos"
-        assert self.anchor_continuations or not self.mark_borders, "mark_borders needs anchor_continuations"
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.n_embd // self.n_head % 2:
+            raise ValueError(f"the head size n_embd / n_head ({self.n_embd // self.n_head}) must be even for RoPE")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.anchor_continuations and not self.align_audio_pos:
+            raise ValueError("anchor_continuations=True needs align_audio_pos=True (anchors restart aligned positions)")
+        if self.mark_borders and not self.anchor_continuations:
+            raise ValueError("mark_borders=True needs anchor_continuations=True (it marks the anchors)")
 
 
 def stream_positions(offset, soa_at, rate, aligned=False, anchor_at=None, anchor_byte=None):
@@ -220,8 +228,8 @@ class Attention(nn.Module):
             return self.proj(y)
         if flash and varlen is not None:
             # packed rows: every utterance is its own sequence (cu_seqlens: where each starts in the flattened
-            # batch), so flash-attn skips the blocks the mask would zero instead of computing them. Untested here
-            # (no GPU in development): it is the documented varlen call on the same q, k, v as flash_attn_func
+            # batch), so flash-attn skips the blocks the mask would zero instead of computing them; the documented
+            # varlen call on the same q, k, v as flash_attn_func (no CPU test reaches it: flash-attn needs CUDA)
             cu_seqlens, max_len = varlen
             y = flash_attn_varlen_func(q.reshape(B * T, self.n_head, self.head_dim),
                                        k.reshape(B * T, self.n_kv_head, self.head_dim),
@@ -267,65 +275,11 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-def newton_schulz(g, steps=5, eps=1e-7):
-    """
-    ~U V^T for each g = U S V^T in a batch [..., m, n]: Muon's quintic Newton-Schulz iteration (Keller Jordan's
-    coefficients, as in torch.optim.Muon). bf16 on CUDA, as there; float32 elsewhere, since a CPU without bf16 units
-    emulates bf16 matmuls: torch.optim.Muon's fixed bf16 made a synthetic-corpus step on this project's 2-core CPU 4x
-    slower.
-    """
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() if g.is_cuda else g.float()
-    tall = x.size(-2) > x.size(-1)
-    x = x.mT if tall else x
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a) if x.dim() == 3 \
-            else torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return (x.mT if tall else x).to(g.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """
-    Muon (https://kellerjordan.github.io/posts/muon/) for 2-D weight matrices: Nesterov momentum, orthogonalised,
-    so every direction of the update moves by about the same amount. The step is scaled by 0.2 * sqrt(max(shape))
-    to match AdamW's update size ("match_rms_adamw", Moonshot's recipe), so it shares AdamW's learning rate; weight
-    decay is decoupled. The same update as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), but float32 on CPU,
-    and matrices of one shape (a block's qkv in every layer, ...) are orthogonalised together in one batched
-    iteration: a third less time than one by one for the synthetic model on CPU, where Newton-Schulz is a fifth of
-    a step.
-    """
-
-    def __init__(self, params, lr, weight_decay=0.0, momentum=0.95):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            by_shape = {}
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_shape.setdefault(p.shape, []).append(p)
-            for shape, params in by_shape.items():
-                grads = [p.grad for p in params]
-                bufs = []
-                for p in params:
-                    if "momentum_buffer" not in self.state[p]:
-                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-                    bufs.append(self.state[p]["momentum_buffer"])
-                torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
-                nesterov = torch.stack(torch._foreach_lerp(grads, bufs, group["momentum"]))
-                updates = newton_schulz(nesterov).unbind(0)
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-                torch._foreach_add_(params, updates, alpha=-group["lr"] * 0.2 * math.sqrt(max(shape)))
-
-
 class GPT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = nn.Embedding(VOCAB_SIZE, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.n_embd)
@@ -437,29 +391,6 @@ class GPT(nn.Module):
         """[..., n_embd] and the chosen coarse class [...] -> [..., 216] logits over FSQ digits 0..2."""
         return self.fine_head(self.fine_norm(h + self.coarse_embed(coarse))).float()
 
-    # ----------------------------------------------------------------------------------------------------------
-    # training helpers
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw"):
-        """
-        -> a list of optimizers, stepped together. 'adamw': AdamW for everything; matrices (embeddings included)
-        decay, norms and biases do not, as in nanoGPT. Fused on CUDA and CPU: on CPU the unfused update of the
-        6M-entry embedding table was a fifth of a synthetic-corpus step (45 -> 9 ms).
-        'muon': Muon (below) for the blocks' weight matrices, AdamW for the embeddings, heads and norms, as in the
-        modded-nanoGPT speedruns; one learning_rate and schedule serve both.
-        """
-        if optimizer not in ("adamw", "muon"):
-            raise ValueError(f"optimizer must be 'adamw' or 'muon', not {optimizer!r}")
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        hidden = [p for n, p in named if optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
-        rest = [p for n, p in named if optimizer != "muon" or not (n.startswith("blocks.") and p.dim() == 2)]
-        groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))]
-        if hidden:
-            optimizers.append(Muon(hidden, lr=learning_rate, weight_decay=weight_decay))
-        return optimizers
-
     def flops_per_token(self, seq_len):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * d * T."""
         cfg = self.config
@@ -469,12 +400,10 @@ class GPT(nn.Module):
         """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (bf16 dense)."""
         return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
 
-    # ----------------------------------------------------------------------------------------------------------
-    # generation (gpt-fast shape)
-
     def setup_cache(self, batch_size, max_len, dtype=None, device=None):
-        """Allocate the KV cache once; generation then writes into it in place."""
-        assert max_len <= self.config.block_size, f"max_len {max_len} exceeds block_size {self.config.block_size}"
+        """Allocate the KV cache once; generation (generate.py) then writes into it in place."""
+        if max_len > self.config.block_size:
+            raise ValueError(f"max_len {max_len} exceeds block_size {self.config.block_size}")
         dtype = dtype or self.wte.weight.dtype
         device = device or self.wte.weight.device
         for block in self.blocks:
@@ -484,211 +413,3 @@ class GPT(nn.Module):
     def clear_cache(self):
         for block in self.blocks:
             block.attn.kv_cache = None
-
-    @torch.no_grad()
-    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 uncond_prompts=None, cfg_scale=1.0, decode_step=None, anchors=None):
-        """
-        Continue each prompt (a 1-D LongTensor from make_prompt) with audio tokens until it emits EOA or has
-        written max_new_tokens. Returns a list of 1-D LongTensors of audio ids (EOA not included).
-        See stream() for the arguments.
-        """
-        steps = list(self.stream(prompts, max_new_tokens, temperature, top_k, top_p, generator, uncond_prompts,
-                                 cfg_scale, decode_step, anchors))
-        out = torch.stack(steps, 1) if steps else torch.empty(len(prompts), 0, dtype=torch.long)
-        results = []
-        for row in out:
-            stop = (row == EOA).nonzero()
-            results.append(row[: int(stop[0])] if len(stop) else row)
-        return results
-
-    @torch.no_grad()
-    def token_logprobs(self, prompts, continuations, anchors=None):
-        """
-        Teacher-forced scores: per row, the log-probability of each token of a continuation (1-D audio ids, and EOA
-        if it ends) after its prompt (a make_prompt stream; anchors as in stream()), in one batch of right-padded
-        rows. Returns a list of 1-D float tensors. sample.py --best_of ranks samples of one text by these.
-        """
-        device = self.wte.weight.device
-        rows = [torch.cat([p.to(device), c.to(device)]) for p, c in zip(prompts, continuations)]
-        idx = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long, device=device)
-        anchor = torch.full_like(idx, -1)
-        for j, row in enumerate(rows):
-            idx[j, :len(row)] = row
-            if anchors is not None and anchors[j] is not None:
-                anchor[j, len(prompts[j]) - 1] = anchors[j]  # the prompt's last audio token, as data.get_batch marks
-        h = self(idx, anchor=anchor)
-        scores = []
-        for j, (p, c) in enumerate(zip(prompts, continuations)):
-            hj, c = h[j, len(p) - 1:len(p) - 1 + len(c)], c.to(device)  # the state before each token predicts it
-            coarse = torch.where(c == EOA, N_COARSE, c // N_FINE)
-            lp = self.coarse_logits(hj).log_softmax(-1).gather(1, coarse[:, None])[:, 0]
-            fine = self.fine_logits(hj, coarse.clamp(max=N_COARSE - 1)).log_softmax(-1)
-            scores.append(lp + torch.where(c == EOA, 0.0, fine.gather(1, (c % N_FINE)[:, None])[:, 0]))
-        return scores
-
-    @torch.no_grad()
-    def stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-               uncond_prompts=None, cfg_scale=1.0, decode_step=None, anchors=None):
-        """
-        Yield the next token of every row ([B] LongTensor, EOA once a row is done) as soon as it is sampled.
-        Prompts of different lengths are left-padded into one batch: pads are masked out and each row keeps its own
-        RoPE positions, so a row's output is the same as when it is sampled alone.
-        Classifier-free guidance: uncond_prompts (the same prompts without their text) run in the same batch, and
-        logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
-        decode_step: a compiled `decode_and_sample` (see sample.py), or None for the eager one; compiled, it samples
-        from torch's global random state (a generator cannot go into the graph): seed it with torch.manual_seed.
-        anchors: per prompt, None or (for one that ends in a voice prompt's audio) the byte of its text where the new
-        speech starts; with GPTConfig.anchor_continuations the new audio's positions restart there.
-        """
-        device = self.wte.weight.device
-        B = len(prompts)
-        guided = cfg_scale != 1.0
-        assert not guided or (uncond_prompts is not None and len(uncond_prompts) == B), "guidance needs uncond"
-        rows = list(prompts) + (list(uncond_prompts) if guided else [])
-        lengths = torch.tensor([len(p) for p in rows], device=device)
-        P = int(lengths.max())
-        total = P + max_new_tokens
-        assert total <= self.config.block_size, (
-            f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}"
-        )
-        compiled = decode_step not in (None, decode_and_sample)
-        if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
-            total = min(self.config.block_size, -(-total // 256) * 256)
-        pad = P - lengths  # left padding per row
-        idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
-        for i, p in enumerate(rows):
-            idx[i, pad[i]:] = p.to(device)
-        slots = torch.arange(total, device=device)
-        valid = slots[None, :] >= pad[:, None]  # [rows, total]: which cache slots hold real tokens, per row
-        soa_at = torch.tensor([int((p == SOA).nonzero()[0]) for p in rows], device=device)[:, None]
-        anchor_at = anchor_byte = None
-        if self.config.anchor_continuations and anchors is not None and any(a is not None for a in anchors):
-            anchored = torch.tensor([a is not None for a in anchors] + [False] * (len(rows) - B), device=device)
-            anchor_at = torch.where(anchored, lengths - 1, total)[:, None]  # the prompt's last audio token
-            anchor_byte = torch.tensor([a or 0 for a in anchors] + [0] * (len(rows) - B), device=device)[:, None]
-        pos_all = stream_positions(slots[None, :] - pad[:, None], soa_at, self.config.audio_pos_rate,
-                                   self.config.align_audio_pos, anchor_at, anchor_byte)
-
-        self.setup_cache(len(rows), total)
-        decode_step = decode_step or decode_and_sample
-        sampling = (temperature, top_k, top_p, cfg_scale, None if compiled else generator)
-        try:
-            anchor = None
-            if anchor_at is not None:  # at each anchored prompt's last token, as data.get_batch marks it
-                anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
-                anchor[:, P - 1] = torch.where(anchored, anchor_byte[:, 0], -1)
-            h = prefill(self, idx, pos_all[:, :P], valid[:, :P], P, anchor)  # the prompt sees the prompt's slots only
-            token = sample_audio_token(self, h, temperature, top_k, top_p, generator, cfg_scale)
-            done = torch.zeros(B, dtype=torch.bool, device=device)
-            for t in range(max_new_tokens):
-                token = torch.where(done, torch.full_like(token, EOA), token)  # a new tensor: a graph's output is not
-                done |= token == EOA
-                yield token
-                if bool(done.all()) or t == max_new_tokens - 1:
-                    break
-                slot = P + t
-                # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
-                seen = valid if compiled else valid[:, :slot + 1]
-                token = decode_step(self, token, pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1], *sampling)
-        finally:
-            self.clear_cache()
-
-
-def prefill(model, idx, pos, valid, P, anchor=None):
-    """Run the whole prompt once, filling the cache; returns the last position's hidden state [B, n_embd]."""
-    T = idx.shape[1]
-    causal = torch.ones(T, valid.shape[1], dtype=torch.bool, device=idx.device).tril()
-    own = torch.eye(T, valid.shape[1], dtype=torch.bool, device=idx.device)
-    # a pad query sees only itself: a query with no visible key would make NaNs that leak through the values
-    mask = (causal[None] & (valid[:, None, :] | own[None]))[:, None]  # [B, 1, T, S]
-    return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device), anchor=anchor)[:, -1]
-
-
-def decode_one_token(model, token, pos, valid, input_pos):
-    """One step: a single new token per row attends to every filled slot up to input_pos. Returns [B, n_embd]."""
-    slots = torch.arange(valid.shape[1], device=token.device)
-    mask = (valid & (slots[None, :] <= input_pos))[:, None, None, :]  # [B, 1, 1, S]
-    return model(token, pos=pos, mask=mask, input_pos=input_pos)[:, -1]
-
-
-def decode_and_sample(model, token, pos, valid, input_pos, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
-                      generator=None):
-    """
-    One generation step, the unit sample.py --compile turns into a CUDA graph: feed each row's last token [B] (twice
-    under guidance: the conditional rows, then the unconditional), then sample the next one [B]. Sampling in the
-    graph too, not only the decode: on an H100 the eager sampling's ~25 small launches took longer than the whole
-    compiled decode (README's speed table).
-    """
-    feed = token.repeat(2) if cfg_scale != 1.0 else token
-    h = decode_one_token(model, feed[:, None], pos, valid, input_pos)
-    return sample_audio_token(model, h, temperature, top_k, top_p, generator, cfg_scale)
-
-
-def decode_compile_options(device):
-    """
-    torch.compile options for decode_and_sample on a device: None (inductor's defaults) on a CPU. On CUDA the step is
-    replayed as a CUDA graph, and at batch 1 it is bound by its ~150 small kernels, not by memory bandwidth; so, as
-    gpt-fast: coordinate-descent tuning (with it inductor also writes each batch-1 matrix-vector product as a Triton
-    reduction fused with its neighbours, the RMSNorm before it say, instead of a cuBLAS call), combo kernels (small
-    independent kernels launched as one) and, from Hopper on, programmatic dependent launch (a kernel's start
-    overlaps the end of the one before). H200, config/train_small.py, batch 1: 0.54 -> 0.35 ms a step (README, Speed).
-    """
-    if not str(device).startswith("cuda"):
-        return None
-    options = {"triton.cudagraphs": True, "coordinate_descent_tuning": True, "combo_kernels": True}
-    if torch.cuda.get_device_capability(device) >= (9, 0):
-        options["triton.enable_pdl"] = True
-    return options
-
-
-def compile_decode_step(device):
-    """decode_and_sample compiled for device (sample.py --compile, bench.py --compile=True): one static graph per
-    shape (dynamic=False), so GPT.stream keeps its cache lengths few."""
-    return torch.compile(decode_and_sample, dynamic=False, options=decode_compile_options(device))
-
-
-def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
-    """Temperature, then top-k, then nucleus (top-p) filtering of [B, V] logits. temperature must be > 0."""
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return logits
-
-
-def pick(logits, temperature, top_k, top_p, generator):
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-    # the exponential race: argmax(p_i / E_i), E_i ~ Exp(1), is i with probability p_i, with no host sync and no
-    # torch.multinomial, so that a compiled step samples inside its CUDA graph (gpt-fast does the same)
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
-    return (probs / race).argmax(dim=-1)
-
-
-def sample_audio_token(model, h, temperature=1.0, top_k=None, top_p=None, generator=None, cfg_scale=1.0):
-    """
-    One next token per row from hidden states h [B, n_embd]: a coarse class (or EOA), then the fine digits given
-    it. Only audio ids 0..46655 or EOA can come out. temperature 0 = greedy; top-k / top-p apply to each stage.
-    With cfg_scale != 1, h holds the conditional rows then the unconditional ones ([2B, n_embd]); both stages use
-    the guided logits uncond + cfg_scale * (cond - uncond), and B tokens come out.
-    """
-
-    def guide(logits):
-        if cfg_scale == 1.0:
-            return logits
-        cond, uncond = logits.chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
-
-    coarse = pick(guide(model.coarse_logits(h)), temperature, top_k, top_p, generator)
-    eoa = coarse == N_COARSE
-    coarse = coarse.clamp(max=N_COARSE - 1)
-    both = coarse.repeat(2) if cfg_scale != 1.0 else coarse
-    fine = pick(guide(model.fine_logits(h, both)), temperature, top_k, top_p, generator)
-    return torch.where(eoa, torch.full_like(coarse, EOA), coarse * N_FINE + fine)

@@ -49,7 +49,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from data import synthetic_corpus, write_meta, write_split
+from codec import CKPT_PATH, CONFIG_PATH, TOKENS_PER_SECOND
+from common import atomic_write, fail
+from data import write_meta, write_split
+from synthetic import synthetic_corpus
 
 # -----------------------------------------------------------------------------
 dataset = "synthetic"
@@ -67,8 +70,8 @@ max_seconds = 30.0
 max_text_bytes = 1000  # UTF-8 bytes
 silence_db = -60.0  # skip audio with an RMS below this (dB full scale), where the codec's loudness norm stops
 val_fraction = 0.01  # utterances in the val split, chosen by a hash of their id (at least one)
-codec_config = "checkpoints/stable-codec/model_config.json"
-codec_ckpt = "checkpoints/stable-codec/model.ckpt"  # '' = random weights (a test fixture, see above)
+codec_config = CONFIG_PATH
+codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture, see above)
 device = "auto"  # auto = cuda when there is a GPU, else cpu
 batch_size = 32  # clips per codec call (at most; a batch holds clips of one token length)
 chunk_size = 256  # utterances per resumable unit of work
@@ -76,11 +79,6 @@ workers = 4  # threads reading and resampling audio ahead of the codec
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 # -----------------------------------------------------------------------------
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 out_dir = out_dir or os.path.join("data", dataset)
@@ -95,7 +93,7 @@ if dataset == "synthetic" and not input:
     write_meta(out_dir, {"dataset": "synthetic", "seed": seed, "speakers": speakers, "splits": stats})
     for split, s in stats.items():
         print(f"{split}: {s['utterances']:,} utterances, {s['text_bytes']:,} text bytes, {s['audio_tokens']:,} "
-              f"audio tokens ({s['audio_tokens'] / 25 / 3600:.2f} h)")
+              f"audio tokens ({s['audio_tokens'] / TOKENS_PER_SECOND / 3600:.2f} h)")
     print(f"wrote {out_dir} in {time.time() - t0:.1f}s")
     sys.exit(0)
 if not input:
@@ -285,12 +283,7 @@ def encode_chunk(codec, clips, progress):
 
 
 def save_atomic(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_part(path, items, results):
@@ -458,7 +451,7 @@ write_meta(out_dir, {"dataset": dataset, "speakers": speakers, "splits": stats,
 shutil.rmtree(parts_dir)
 for split, s in stats.items():
     print(f"{split}: {s['utterances']:,} utterances, {s['text_bytes']:,} text bytes, {s['audio_tokens']:,} audio "
-          f"tokens ({s['audio_tokens'] / 25 / 3600:.2f} h)")
+          f"tokens ({s['audio_tokens'] / TOKENS_PER_SECOND / 3600:.2f} h)")
 if skipped:
     print(f"skipped files are listed in {os.path.join(out_dir, 'skipped.tsv')}")
 print(f"wrote {out_dir} in {time.time() - t0:.1f}s")

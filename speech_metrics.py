@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 
-SR = 16000  # Whisper, DNSMOS and resemblyzer all work at 16 kHz
+from codec import SAMPLE_RATE as SR  # the codec's rate; Whisper, DNSMOS and resemblyzer all work at 16 kHz too
 ASTERISK_DIR = '/usr/share/asterisk/sounds/en_US_f_Allison'
 ASTERISK_TEXT = '/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz'
 

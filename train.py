@@ -16,28 +16,32 @@ batch stays the same whatever the GPU count):
     torchrun --standalone --nproc_per_node=4 train.py config/train_small.py
 Two nodes (run on each; the master's address and port must be reachable):
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
-DDP on CPU (gloo), e.g. to test the machinery:
+DDP on CPU (gloo), e.g. to test the machinery (gradient_accumulation_steps is rounded up to a multiple of the
+process count, with a note):
     torchrun --standalone --nproc_per_node=2 train.py config/train_synthetic.py --device=cpu
+Every setting below, with its default and comment: python train.py --help
 """
 
 import json
 import math
 import os
 import queue
-import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import fields
 
 import numpy as np
 import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from codec import CKPT_PATH, CONFIG_PATH, SAMPLE_RATE
+from common import DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops
 from data import (CheckpointError, Shards, get_batch, get_packed_batch, length_sorted_rows, load_checkpoint,
                   save_checkpoint)
-from model import GPT, GPU_PEAK_FLOPS, PAD, GPTConfig
+from model import GPT, PAD, GPTConfig
+from optim import OPTIMIZERS, configure_optimizers
 
 # -----------------------------------------------------------------------------
 # default config values: a ~120M model for real speech on one GPU (see config/ for recipes)
@@ -56,32 +60,19 @@ wandb_run_name = "run"
 # a sample spoken at every evaluation: the first val utterance's text. Synthetic corpus: what its recogniser hears;
 # real speech: a .wav and a spectrogram PNG in <out_dir>/samples/ (and to wandb), through the codec below if present
 log_samples = True
-codec_config = "checkpoints/stable-codec/model_config.json"
-codec_ckpt = "checkpoints/stable-codec/model.ckpt"
+codec_config = CONFIG_PATH
+codec_ckpt = CKPT_PATH
 # data
 dataset = "synthetic"
 data_dir = ""  # default: data/<dataset>
 gradient_accumulation_steps = 8  # global micro-steps per optimizer step, split across DDP processes
 batch_size = 16  # utterances per micro-step per process (with packing: rows of block_size tokens)
-block_size = 1024  # longest stream (text + audio); longer utterances are skipped
 packing = False  # rows of block_size tokens filled with whole utterances, each on its own (see get_packed_batch)
 text_dropout = 0.1  # fraction of training utterances without their text: the unconditional model for guidance
-# model
-n_layer = 12
-n_head = 12
-n_kv_head = 0  # 0 = n_head
-n_embd = 768
-mlp_ratio = 8 / 3
-rope_theta = 10000.0
-audio_pos_rate = 1.0  # RoPE step per audio token; ~bytes per frame gives an alignment prior (see model.py)
-align_audio_pos = False  # audio positions restart at the text's origin (see model.py)
-anchor_continuations = False  # with align_audio_pos: audio positions restart where speech continues (see model.py)
-mark_borders = False  # with anchor_continuations: a learned vector marks each anchor (see model.py)
-qk_norm = True
-bias = False
-dropout = 0.0
-tie_weights = False
-# optimizer: 'adamw', or 'muon' (Muon for the blocks' matrices, AdamW for the rest; see GPT.configure_optimizers)
+# model: every field of model.GPTConfig is a setting here, with its default (utterances longer than block_size are
+# skipped); model.py says what each does
+globals().update({f.name: f.default for f in fields(GPTConfig)})
+# optimizer: 'adamw', or 'muon' (Muon for the blocks' matrices, AdamW for the rest; see optim.py)
 optimizer = "adamw"
 learning_rate = 6e-4
 max_iters = 100000
@@ -95,8 +86,8 @@ warmup_iters = 2000
 lr_decay_iters = 100000
 min_lr = 6e-5
 # system
-device = "cuda" if torch.cuda.is_available() else "cpu"
-dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+device = default_device()
+dtype = default_dtype()
 compile = True  # torch.compile the model
 activation_checkpointing = False  # recompute each block in backward: less activation memory, one more forward
 backend = ""  # DDP backend; '' = nccl on CUDA, gloo on CPU
@@ -109,10 +100,38 @@ config = {k: globals()[k] for k in config_keys}  # what the run used, saved in c
 # -----------------------------------------------------------------------------
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
-
+# every setting is checked here, before any work: a mistake costs one line, not a run
+model_args = {f.name: globals()[f.name] for f in fields(GPTConfig)}
+try:
+    GPTConfig(**model_args)
+    check_device(device, dtype)
+except ValueError as e:
+    fail(str(e))
+limits = {  # setting: (within its range, what the range is)
+    "batch_size": (batch_size >= 1, ">= 1"),
+    "gradient_accumulation_steps": (gradient_accumulation_steps >= 1, ">= 1"),
+    "max_iters": (max_iters >= 0, ">= 0"),
+    "eval_interval": (eval_interval >= 1, ">= 1"),
+    "eval_iters": (eval_iters >= 1, ">= 1"),
+    "log_interval": (log_interval >= 1, ">= 1"),
+    "learning_rate": (learning_rate > 0, "> 0"),
+    "min_lr": (0 <= min_lr <= learning_rate, "from 0 to learning_rate"),
+    "warmup_iters": (warmup_iters >= 0, ">= 0"),
+    "lr_decay_iters": (lr_decay_iters >= 0, ">= 0"),
+    "weight_decay": (weight_decay >= 0, ">= 0"),
+    "beta1": (0 <= beta1 < 1, "in [0, 1)"),
+    "beta2": (0 <= beta2 < 1, "in [0, 1)"),
+    "grad_clip": (grad_clip >= 0, ">= 0 (0 = off)"),
+    "text_dropout": (0 <= text_dropout < 1, "in [0, 1)"),
+    "optimizer": (optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS)),
+    "init_from": (init_from in ("scratch", "resume"), "'scratch' or 'resume'"),
+    "peak_flops": (peak_flops >= 0, ">= 0 (0 = look the GPU up)"),
+}
+for name, (ok, allowed) in limits.items():
+    if not ok:
+        fail(f"--{name}={globals()[name]!r} is out of range: use {allowed}")
+if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    fail(f"--out_dir={out_dir} is a file; give a folder for the checkpoint and log")
 
 # distributed setup: torchrun sets RANK / LOCAL_RANK / WORLD_SIZE
 ddp = int(os.environ.get("RANK", -1)) != -1
@@ -123,27 +142,22 @@ if ddp:
         torch.cuda.set_device(device)
     init_process_group(backend=backend or ("nccl" if device.startswith("cuda") else "gloo"))
     master_process = ddp_rank == 0
-    if gradient_accumulation_steps % ddp_world_size:
-        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of the "
-             f"{ddp_world_size} processes")
+    if gradient_accumulation_steps % ddp_world_size:  # each process runs an equal share of the micro-steps
+        rounded = -(-gradient_accumulation_steps // ddp_world_size) * ddp_world_size
+        if master_process:
+            print(f"note: gradient_accumulation_steps {gradient_accumulation_steps} -> {rounded}, a multiple of the "
+                  f"{ddp_world_size} processes")
+        gradient_accumulation_steps = rounded
     gradient_accumulation_steps //= ddp_world_size
 else:
     ddp_rank, ddp_world_size, master_process = 0, 1, True
 device_type = "cuda" if device.startswith("cuda") else "cpu"
-if device_type == "cuda" and not torch.cuda.is_available():
-    fail("device is cuda but no GPU is visible; pass --device=cpu")
-if dtype not in ("float32", "bfloat16", "float16"):
-    fail(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
-if anchor_continuations and not align_audio_pos:
-    fail("anchor_continuations=True needs align_audio_pos=True (anchors restart aligned audio positions)")
-if mark_borders and not anchor_continuations:
-    fail("mark_borders=True needs anchor_continuations=True (it marks the anchors)")
 
 if master_process:
     os.makedirs(out_dir, exist_ok=True)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+ptdtype = DTYPES[dtype]
 autocast = nullcontext() if device_type == "cpu" else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 # data
@@ -224,10 +238,6 @@ if master_process:  # how much of each row is padding
     print(f"padding: {100 * padded:.1f}% of the positions in a batch ({'packed' if packing else 'length-bucketed'})")
 
 # model
-model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
-                  mlp_ratio=mlp_ratio, rope_theta=rope_theta, audio_pos_rate=audio_pos_rate,
-                  align_audio_pos=align_audio_pos, anchor_continuations=anchor_continuations, mark_borders=mark_borders,
-                  qk_norm=qk_norm, bias=bias, dropout=dropout, tie_weights=tie_weights)
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if init_from == "resume":
@@ -235,16 +245,19 @@ if init_from == "resume":
         checkpoint = load_checkpoint(ckpt_path)
     except CheckpointError as e:
         fail(str(e))
-    architecture = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "qk_norm", "bias",
-                    "tie_weights", "rope_theta", "audio_pos_rate", "align_audio_pos", "anchor_continuations",
-                    "mark_borders")
-    for k in architecture:  # a resumed run keeps the checkpoint's
-        model_args[k] = checkpoint["model_args"].get(k, model_args[k])
+    # a resumed run is the same model: every model setting but dropout must be the checkpoint's (one older than a
+    # setting was trained with its default)
+    saved = {f.name: checkpoint["model_args"].get(f.name, f.default) for f in fields(GPTConfig)}
+    unknown = sorted(set(checkpoint["model_args"]) - set(saved))
+    if unknown:
+        fail(f"{ckpt_path} has model settings this model.py does not know ({', '.join(unknown)})")
+    for k in saved:
+        if k != "dropout" and saved[k] != model_args[k]:
+            fail(f"--{k}={model_args[k]!r} differs from {saved[k]!r} in {ckpt_path}; a resumed run keeps its model: "
+                 f"drop the setting, or train in a new out_dir")
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     if master_process:
         print(f"resuming from {ckpt_path} at iteration {iter_num}")
-elif init_from != "scratch":
-    fail(f"init_from must be 'scratch' or 'resume', not {init_from!r}")
 torch.manual_seed(seed)
 gptconf = GPTConfig(**model_args)
 model = GPT(gptconf)
@@ -255,10 +268,7 @@ model.to(device)
 if master_process:
     print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without embedding)")
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-try:
-    optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
-except ValueError as e:
-    fail(str(e))
+optimizers = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
 if checkpoint is not None:
     states = checkpoint["optimizer"]
     states = states if isinstance(states, list) else [states]  # a checkpoint from before optimizer lists
@@ -279,8 +289,7 @@ if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
 
 if not peak_flops and device_type == "cuda":  # dense bf16 peaks, by GPU name
-    name = torch.cuda.get_device_name()
-    peak_flops = next((flops for key, flops in GPU_PEAK_FLOPS if key in name), 0.0)
+    peak_flops = gpu_peak_flops(device)
 
 
 @torch.no_grad()
@@ -332,14 +341,15 @@ codec = None  # loaded on the first real-speech sample; False once it is known t
 def log_sample(it):
     """Speak the first val text with the model as it is now, and keep what it says where a person can look."""
     global codec
-    from sample import synthesize
+    from generate import Sampling, synthesize
 
     text = val_data[0][0]
     raw_model.eval()
-    tokens = synthesize(raw_model, [text], max_seconds=10.0, seed=seed)[0]  # its own RNG: training's is untouched
+    # sample.py's default sampling, a 10 s chunk at most; its own RNG: training's is untouched
+    tokens = synthesize(raw_model, [text], Sampling(max_seconds=10.0), seed=seed)[0]
     raw_model.train()
     if val_data.meta.get("dataset") == "synthetic":
-        from data import SyntheticSpeech
+        from synthetic import SyntheticSpeech
 
         print(f"sample at {it}: {text.decode()!r} -> heard {SyntheticSpeech().recognise(tokens)[0]!r}")
         return
@@ -359,16 +369,16 @@ def log_sample(it):
 
     wav = codec.decode([tokens])[0]
     path = os.path.join(out_dir, "samples", f"{it:07d}")
-    sf.write(path + ".wav", wav, 16000)
+    sf.write(path + ".wav", wav, SAMPLE_RATE)
     try:
         from speech_metrics import plot_spectrogram
 
-        figure = plot_spectrogram(wav, 16000, path + ".png", f"step {it}: {text.decode()[:60]}")
+        figure = plot_spectrogram(wav, SAMPLE_RATE, path + ".png", f"step {it}: {text.decode()[:60]}")
     except Exception as e:  # matplotlib missing or the like: the .wav is the sample that matters
         print(f"samples: no spectrogram ({type(e).__name__}: {e})")
         figure = None
     if wandb_log:
-        wandb.log({"iter": it, "sample/audio": wandb.Audio(wav, sample_rate=16000, caption=text.decode()[:100]),
+        wandb.log({"iter": it, "sample/audio": wandb.Audio(wav, sample_rate=SAMPLE_RATE, caption=text.decode()[:100]),
                    **({"sample/spectrogram": wandb.Image(path + ".png")} if figure is not None else {})})
 
 

@@ -1,5 +1,5 @@
 # A single-GPU recipe for real speech: ~115M parameters (85M in the blocks, 36M embedding table), bf16, compiled.
-# Not run in this repo's CI (it needs a GPU and a prepared corpus). Steps, from nothing to a .wav: README.md.
+# Not run in this repo's CI (it needs a GPU and a prepared corpus). Steps, from nothing to a .wav: docs/real-speech.md.
 #   python prepare.py --dataset=libritts_r --input=/path/to/LibriTTS_R/train-clean-360   (on the GPU: codec.py)
 #   python train.py config/train_small.py
 # Sizing: block_size 1024 holds ~25 s of audio (25 tokens/s) after ~300 text bytes; longer utterances are skipped.

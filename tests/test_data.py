@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 
-from data import Shards, SyntheticSpeech, get_batch, get_packed_batch, length_sorted_rows, synthetic_corpus
-from data import utterance_stream, write_meta, write_split
+from data import Shards, get_batch, get_packed_batch, length_sorted_rows, utterance_stream, write_meta, write_split
+from synthetic import SyntheticSpeech, synthetic_corpus
 from model import EOA, N_AUDIO, PAD, SOA, TEXT_OFFSET
 
 

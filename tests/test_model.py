@@ -1,11 +1,13 @@
-"""model.py: shapes, causal masking, packed rows, activation checkpointing, the KV cache, batching and sampling."""
+"""model.py, generate.py and optim.py: shapes, causal masking, packed rows, activation checkpointing, the KV cache,
+batching and sampling, the optimizers."""
 
 import pytest
 import torch
 
+from generate import Sampling, decode_and_sample, decode_one_token, generate, prefill, sample_audio_token
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
-from model import (decode_and_sample, decode_one_token, packed_layout, prefill, sample_audio_token, stream_positions,
-                   text_to_tokens)
+from model import packed_layout, stream_positions, text_to_tokens
+from optim import Muon, configure_optimizers
 
 
 def tiny(**kw):
@@ -180,8 +182,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def test_batched_greedy_equals_one_by_one(kw):
     model = tiny(**kw)
     prompts = [make_prompt(text_to_tokens(t)) for t in ["a", "a longer text", "mid size"]]
-    batched = model.generate(prompts, 12, temperature=0)
-    alone = [model.generate([p], 12, temperature=0)[0] for p in prompts]
+    batched = generate(model, prompts, 12, Sampling(temperature=0))
+    alone = [generate(model, [p], 12, Sampling(temperature=0))[0] for p in prompts]
     for a, b in zip(batched, alone):
         assert torch.equal(a, b)
 
@@ -203,14 +205,15 @@ def test_anchored_generation_sees_the_positions_training_gives(mark_borders):
         fed_at.append(pos[0].item())
         return decode_and_sample(model, token, pos, valid, input_pos, *sampling)
 
-    out = model.generate(prompts, 8, temperature=0, anchors=anchors, decode_step=recording_step)
+    out = generate(model, prompts, 8, Sampling(temperature=0), anchors=anchors, decode_step=recording_step)
     assert fed_at == pytest.approx([10 + 0.55 * k for k in range(len(fed_at))])  # the new speech starts at byte 10
-    assert torch.equal(out[1], model.generate(prompts[1:], 8, temperature=0)[0])  # an unanchored row is unchanged
+    unanchored = generate(model, prompts[1:], 8, Sampling(temperature=0))[0]
+    assert torch.equal(out[1], unanchored)  # an unanchored row is unchanged
     full = torch.cat([prompts[0], out[0]])
     anchor = torch.full_like(full, -1)
     anchor[len(prompts[0]) - 1] = 10  # as data.get_batch marks a two-sentence utterance's border
     h = model(full[None], anchor=anchor[None])[0, len(prompts[0]) - 1:-1]
-    assert torch.equal(sample_audio_token(model, h, temperature=0), out[0])
+    assert torch.equal(sample_audio_token(model, h, Sampling(temperature=0)), out[0])
     assert not torch.allclose(h, model(full[None])[0, len(prompts[0]) - 1:-1])  # the anchor moved the positions
     if mark_borders:  # and the mark is in both paths: without it, the same positions give other states
         with torch.no_grad():
@@ -222,27 +225,27 @@ def test_sampling_emits_only_audio_or_eoa():
     model = tiny()
     h = torch.randn(256, 32)
     for kw in [dict(temperature=1.0), dict(temperature=0), dict(top_k=5), dict(top_p=0.9), dict(temperature=3.0)]:
-        tokens = sample_audio_token(model, h, **kw)
+        tokens = sample_audio_token(model, h, Sampling(**kw))
         assert ((tokens >= 0) & (tokens < N_AUDIO) | (tokens == EOA)).all(), kw
     with torch.no_grad():
         model.coarse_head.weight[-1] = 10.0  # make EOA overwhelmingly likely for h = ones
-    assert (sample_audio_token(model, torch.ones(4, 32), temperature=1.0) == EOA).all()
-    out = tiny().generate([make_prompt(text_to_tokens("hi"))] * 4, 20, temperature=1.5)
+    assert (sample_audio_token(model, torch.ones(4, 32), Sampling(temperature=1.0)) == EOA).all()
+    out = generate(tiny(), [make_prompt(text_to_tokens("hi"))] * 4, 20, Sampling(temperature=1.5))
     assert all(((o >= 0) & (o < N_AUDIO)).all() for o in out)
 
 
 def test_top_k_one_is_greedy_and_top_p_keeps_the_head():
     model = tiny()
     h = torch.randn(8, 32)
-    greedy = sample_audio_token(model, h, temperature=0)
-    assert torch.equal(sample_audio_token(model, h, temperature=1.0, top_k=1), greedy)
-    assert torch.equal(sample_audio_token(model, h, temperature=1.0, top_p=1e-6), greedy)
+    greedy = sample_audio_token(model, h, Sampling(temperature=0))
+    assert torch.equal(sample_audio_token(model, h, Sampling(temperature=1.0, top_k=1)), greedy)
+    assert torch.equal(sample_audio_token(model, h, Sampling(temperature=1.0, top_p=1e-6)), greedy)
 
 
 def test_generate_respects_block_size():
     model = tiny()
-    with pytest.raises(AssertionError, match="block_size"):
-        model.generate([make_prompt(text_to_tokens("x" * 60))], 10)
+    with pytest.raises(ValueError, match="block_size"):
+        generate(model, [make_prompt(text_to_tokens("x" * 60))], 10)
 
 
 def test_param_count_and_mfu():
@@ -256,7 +259,7 @@ def test_param_count_and_mfu():
 @pytest.mark.parametrize("name", ["adamw", "muon"])
 def test_optimizers_cover_every_parameter_once_and_step(name):
     model = tiny().train()
-    optimizers = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", name)
+    optimizers = configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95), "cpu", name)
     assert len(optimizers) == (2 if name == "muon" else 1)
     covered = [id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]]
     assert sorted(covered) == sorted(id(p) for p in model.parameters())
@@ -275,7 +278,7 @@ def test_optimizers_cover_every_parameter_once_and_step(name):
             opt.zero_grad(set_to_none=True)
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="adamw"):
-        model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", "sgd")
+        configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95), "cpu", "sgd")
 
 
 def test_muon_matches_torch_muon():
@@ -283,8 +286,6 @@ def test_muon_matches_torch_muon():
     Ours runs Newton-Schulz in float32 on CPU, matrices of one shape batched together; torch.optim.Muon one by one
     in bf16: the same steps up to bf16 rounding.
     """
-    from model import Muon
-
     torch.manual_seed(0)
     shapes = [(96, 32), (32, 80), (96, 32), (32, 80), (96, 32)]  # tall and wide, three of one shape
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]

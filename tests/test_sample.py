@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+import generate as gen
+from codec import StreamingDecoder
 from conftest import ROOT, run
+from data import load_model
+from generate import Sampling, most_likely, split_text, synthesize, token_logprobs
 from model import EOA, GPT, SOA, TEXT_OFFSET, GPTConfig, make_prompt, text_to_tokens
-from sample import StreamingDecoder, load_model, most_likely, split_text, synthesize
 
 
 def test_split_text_keeps_sentences_and_characters_whole():
@@ -23,38 +26,42 @@ def test_split_text_keeps_sentences_and_characters_whole():
     assert chunks[0] == b"Hello there."
 
 
-def test_long_text_is_chunked_and_joined(trained):
+def test_long_text_is_chunked_and_joined(trained, monkeypatch):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
     text = ("Call me tomorrow. " * 40).encode()  # far beyond the 192-token block
-    calls = []
-    real_generate = model.generate
-    model.generate = lambda prompts, *a, **k: calls.append(prompts) or real_generate(prompts, *a, **k)
-    out = synthesize(model, [text], max_seconds=2, temperature=1.0)[0]
+    calls = recording(monkeypatch)
+    out = synthesize(model, [text], Sampling(max_seconds=2, temperature=1.0))[0]
+    calls = [prompts for prompts, _ in calls]
     assert len(calls) > 5 and len(out) > 0 and ((out >= 0) & (out < 46656)).all()
     # every chunk after the first continues the previous one: its prompt ends with the previous chunk's audio
     assert all(len(p[0]) <= model.config.block_size for p in calls)
 
 
-def recording(model):
-    """Make model.generate record its prompts and anchors (one entry per batched call)."""
-    calls, real_generate = [], model.generate
-    model.generate = lambda prompts, *a, **k: calls.append((prompts, k["anchors"])) or real_generate(prompts, *a, **k)
+def recording(monkeypatch):
+    """Make generate.generate record its prompts and anchors (one entry per batched call)."""
+    calls, real_generate = [], gen.generate
+
+    def generate(model, prompts, *a, **k):
+        calls.append((prompts, k["anchors"]))
+        return real_generate(model, prompts, *a, **k)
+
+    monkeypatch.setattr(gen, "generate", generate)
     return calls
 
 
-def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sentence(trained):
+def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sentence(trained, monkeypatch):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
-    calls = recording(model)
+    calls = recording(monkeypatch)
     sentence = b"A sentence longer than a chunk of a long text."  # > 27 bytes, the budget a chunk shares
-    synthesize(model, [sentence, b"Come here. Go now."], max_seconds=2)
+    synthesize(model, [sentence, b"Come here. Go now."], Sampling(max_seconds=2))
     assert len(calls) == 1 and calls[0][1] == [None, None]  # each text whole, in one batch, nothing anchored
     assert sorted(len(p) for p in calls[0][0]) == [len(b"Come here. Go now.") + 1, len(sentence) + 1]
 
     anchored = GPT(GPTConfig(**{**model.config.__dict__, "align_audio_pos": True, "anchor_continuations": True}))
-    calls = recording(anchored.eval())
-    out = synthesize(anchored, [b"Come here. Go now.", b"One more."], max_seconds=1, temperature=1.0)
+    calls.clear()
+    out = synthesize(anchored.eval(), [b"Come here. Go now.", b"One more."], Sampling(max_seconds=1, temperature=1.0))
     (first, first_anchors), (second, second_anchors) = calls
     assert first_anchors == [None, None] and len(second) == 1  # the second sentence continues the first ...
     assert second_anchors == [len(b"Come here.")]  # ... anchored at its space
@@ -64,7 +71,7 @@ def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sen
     assert len(first_audio) > 0 and np.array_equal(out[0][:len(first_audio)], first_audio)
 
 
-def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_one(trained):
+def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_one(trained, monkeypatch):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
     anchored = GPT(GPTConfig(**{**model.config.__dict__, "align_audio_pos": True, "anchor_continuations": True}))
@@ -72,12 +79,12 @@ def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_o
     lengths = iter([5, 150, 40])  # the second chunk runs long: with its text it leaves no room for the third
     calls = []
 
-    def generate(prompts, max_new, **kwargs):
+    def generate(model, prompts, max_new, sampling, **kwargs):
         calls.append((prompts, kwargs["anchors"]))
         return [torch.randint(0, 46656, (next(lengths),))]
 
-    anchored.generate = generate
-    synthesize(anchored, [b" ".join([first, long_one, last])], max_seconds=8)
+    monkeypatch.setattr(gen, "generate", generate)
+    synthesize(anchored, [b" ".join([first, long_one, last])], Sampling(max_seconds=8))
     (_, a1), (p2, a2), (p3, a3) = calls
     assert a1 == [None] and a2 == [len(first)]
     assert a3 == [len(first)]  # prompted by the first chunk, the latest that fits, not by nothing (a new voice)
@@ -85,13 +92,13 @@ def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_o
 
     # a continuation's audio starts with the space before its text: as the next prompt, its text starts with it too
     lengths, calls = iter([5, 6, 7]), []
-    synthesize(anchored, [b"Come here. Go now. Sit."], max_seconds=8)
+    synthesize(anchored, [b"Come here. Go now. Sit."], Sampling(max_seconds=8))
     (p3, a3) = calls[2]
     assert a3 == [len(b" Go now.")]
     assert bytes((p3[0][:len(b" Go now. Sit.")] - TEXT_OFFSET).tolist()) == b" Go now. Sit."
 
 
-def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained):
+def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained, monkeypatch):
     t = torch.tensor
     assert most_likely([[t([-0.1, -5.0, -0.1])], [t([-1.0, -1.0, -1.0, -1.0])]], weakest=1) == 1
     assert most_likely([[t([-0.1, -0.2, -3.0])], [t([-2.0, -2.0])]], weakest=3) == 0
@@ -102,17 +109,17 @@ def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
     calls, outs = [], []
-    real_generate = model.generate
+    real_generate = gen.generate
 
-    def generate(prompts, *args, **kwargs):
+    def generate(model, prompts, *args, **kwargs):
         calls.append((prompts, kwargs["anchors"]))
-        outs.append(real_generate(prompts, *args, **kwargs))
+        outs.append(real_generate(model, prompts, *args, **kwargs))
         return outs[-1]
 
-    model.generate = generate
+    monkeypatch.setattr(gen, "generate", generate)
     voice = (b"Call me.", np.arange(20))
-    out = synthesize(model, [b"Go now.", b"Sit down here."], max_seconds=2, temperature=1.0, voices=[voice, None],
-                     best_of=3)
+    out = synthesize(model, [b"Go now.", b"Sit down here."], Sampling(max_seconds=2, temperature=1.0, best_of=3),
+                     voices=[voice, None])
     (prompts, anchors), = calls
     assert len(prompts) == 6  # three samples of each text, side by side in one batch
     assert all(torch.equal(p, prompts[3 * (j // 3)]) for j, p in enumerate(prompts))
@@ -120,11 +127,11 @@ def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained):
     texts = [bytes((p[:p.tolist().index(SOA)] - TEXT_OFFSET).tolist()) for p in prompts[::3]]
     # a continuation is read after its prompt and after its own text alone, with the space before it that it speaks
     alone = {b"Call me. Go now.": b" Go now.", b"Sit down here.": None}
-    scores = [[s] for s in model.token_logprobs(prompts, ends, anchors)]
+    scores = [[s] for s in token_logprobs(model, prompts, ends, anchors)]
     for j in range(6):
         if alone[texts[j // 3]]:
             own = make_prompt(text_to_tokens(alone[texts[j // 3]]), torch.zeros(0, dtype=torch.long))
-            scores[j] += model.token_logprobs([own], [ends[j]])
+            scores[j] += token_logprobs(model, [own], [ends[j]])
     kept = [outs[0][j + most_likely(scores[j:j + 3])].numpy() for j in (0, 3)]
     assert np.array_equal(out[0], kept[texts.index(b"Call me. Go now.")])
     assert np.array_equal(out[1], kept[texts.index(b"Sit down here.")])
@@ -140,8 +147,9 @@ def test_guidance_and_voice_prompt_run_in_one_batch(trained):
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
     voice = (b"Tell me now.", np.arange(20) * 7)
     texts = [b"Come here.", b"Go there quickly."]
-    a = synthesize(model, texts, max_seconds=2, temperature=0, cfg_scale=2.0, voices=[voice, voice])
-    b = [synthesize(model, [t], max_seconds=2, temperature=0, cfg_scale=2.0, voices=[voice])[0] for t in texts]
+    guided = Sampling(max_seconds=2, temperature=0, cfg_scale=2.0)
+    a = synthesize(model, texts, guided, voices=[voice, voice])
+    b = [synthesize(model, [t], guided, voices=[voice])[0] for t in texts]
     for x, y in zip(a, b):
         assert np.array_equal(x, y)  # batched guided greedy == one by one
     with pytest.raises(ValueError, match="voice prompt"):
@@ -205,7 +213,7 @@ def test_sample_writes_wav_and_a_readable_spectrogram(trained, tmp_path):
 def test_decode_compile_options_exist_in_this_torch(monkeypatch):
     """The CUDA settings of the compiled step (no GPU here) are options this torch knows: torch.compile checks them
     when it wraps the function, and an unknown one (a renamed inductor setting after an upgrade) raises."""
-    from model import decode_and_sample, decode_compile_options
+    from generate import decode_and_sample, decode_compile_options
 
     assert decode_compile_options("cpu") is None
     for capability, pdl in (((8, 0), False), ((9, 0), True)):  # programmatic dependent launch: Hopper and newer
@@ -219,17 +227,18 @@ def test_decode_compile_options_exist_in_this_torch(monkeypatch):
 
 def test_compiled_decode_step_speaks_as_the_eager_one(trained):
     """sample.py --compile: torch.compile'd decode_and_sample (a CUDA graph on GPU) must not change the output."""
-    from model import compile_decode_step
+    from generate import compile_decode_step
 
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
     texts = [b"Call me tomorrow.", b"A longer line of text to say."]
-    eager = synthesize(model, texts, max_seconds=2, temperature=0)
+    greedy = Sampling(max_seconds=2, temperature=0)
+    eager = synthesize(model, texts, greedy)
     step = compile_decode_step("cpu")  # what sample.py --compile runs
-    compiled = synthesize(model, texts, max_seconds=2, temperature=0, decode_step=step)
+    compiled = synthesize(model, texts, greedy, decode_step=step)
     for a, b in zip(eager, compiled):
         assert np.array_equal(a, b)
     # sampling runs in the compiled step too, from the global random state that synthesize seeds
-    sampled = [synthesize(model, texts, max_seconds=2, temperature=1.0, decode_step=step) for _ in range(2)]
+    sampled = [synthesize(model, texts, Sampling(max_seconds=2, temperature=1.0), decode_step=step) for _ in range(2)]
     for a, b in zip(*sampled):
         assert len(a) > 0 and np.array_equal(a, b) and ((a >= 0) & (a < 46656)).all()

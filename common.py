@@ -1,0 +1,56 @@
+"""
+The few helpers and constants that several scripts share, each defined once: the one-line error a user sees, atomic
+file writes, the compute dtypes, the default device, GPU peak FLOP/s.
+"""
+
+import os
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# dense bf16 peak FLOP/s by GPU name, for MFU (train.py, bench.py); the first name found in the device's name wins
+GPU_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12), ("L40", 181e12),
+                  ("A10", 125e12), ("L4", 121e12), ("3090", 71e12), ("V100", 125e12))
+
+
+def fail(message, code=1):
+    """A user's mistake: one line on stderr naming the setting or file and the fix, and a non-zero exit."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def atomic_write(path, write):
+    """Write a file through write(binary file object) under a temporary name, then rename it into place: a crash
+    mid-write leaves the previous file (or none), never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype():
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
+def check_device(device, dtype=None):
+    """Raise ValueError (one line) for a device this machine lacks or a dtype name not in DTYPES."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, not {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device is cuda but no GPU is visible; pass --device=cpu")
+
+
+def gpu_peak_flops(device):
+    """Dense bf16 peak FLOP/s of a CUDA device from GPU_PEAK_FLOPS, 0.0 for one not in the table."""
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), 0.0)

@@ -1,0 +1,419 @@
+"""
+Generation, in gpt-fast's shape: a preallocated KV cache (model.setup_cache), one `prefill` over the prompt, then a
+small step, `decode_and_sample` (feed a token, sample the next), that `torch.compile` turns into one CUDA graph.
+On top of it: `stream` / `generate` (ragged batches, classifier-free guidance, continuation anchors),
+`token_logprobs` (teacher-forced scores) and `synthesize` (any length of text in chunks, voice prompts, best_of),
+which sample.py, eval.py, bench.py and train.py's samples all use.
+
+Every sampling setting lives in one place, the Sampling dataclass below; scripts take their command-line settings
+from its fields and hand one Sampling object down to the step that uses it.
+"""
+
+import re
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from codec import TOKENS_PER_SECOND
+from model import EOA, N_COARSE, N_FINE, PAD, SOA, make_prompt, stream_positions, text_to_tokens
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: every script that samples takes these settings (same names, same defaults) from here."""
+
+    # lower: fewer slips and less variety; the synthetic corpus is said best near 0.6 (docs/results.md)
+    temperature: float = 0.6  # 0 = greedy
+    top_k: int = 0  # sample each stage from its k most likely classes; 0 = off
+    # each stage (coarse class, fine digits) draws from its smallest set of classes holding this much probability;
+    # the tail it cuts is where slips and new voices come from, and a long text draws from it thousands of times
+    top_p: float = 0.8  # nucleus sampling; 0 or 1 = off
+    cfg_scale: float = 1.0  # classifier-free guidance; 1 = off (needs a model trained with text_dropout > 0)
+    best_of: int = 1  # sample each chunk this many times side by side and keep the most likely (fewer slips)
+    max_seconds: float = 30.0  # the longest audio for one chunk of text
+
+    def __post_init__(self):
+        """An impossible setting is a ValueError naming it, the same in every script (they print it as one line)."""
+        limits = {"temperature": (0, 10, "0 (greedy) to 10"), "top_k": (0, None, "0 (off) or more"),
+                  "top_p": (0, 1, "0 to 1 (0 or 1 = off)"), "cfg_scale": (1e-9, 20, "above 0, at most 20"),
+                  "best_of": (1, 64, "1 to 64"), "max_seconds": (1e-9, 3600, "above 0, at most 3600")}
+        for name, (low, high, allowed) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    low <= value and (high is None or value <= high)):
+                raise ValueError(f"--{name}={value!r} is out of range: use {allowed}")
+
+    @classmethod
+    def defaults(cls):
+        """{setting: default}: what a script puts among its globals for the configurator to override."""
+        return asdict(cls())
+
+    @classmethod
+    def from_settings(cls, settings):
+        """The Sampling of a script's settings (its globals, after the configurator)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls)})
+
+# -----------------------------------------------------------------------------
+# the step: prefill, decode one token, sample it
+
+
+def prefill(model, idx, pos, valid, P, anchor=None):
+    """Run the whole prompt once, filling the cache; returns the last position's hidden state [B, n_embd]."""
+    T = idx.shape[1]
+    causal = torch.ones(T, valid.shape[1], dtype=torch.bool, device=idx.device).tril()
+    own = torch.eye(T, valid.shape[1], dtype=torch.bool, device=idx.device)
+    # a pad query sees only itself: a query with no visible key would make NaNs that leak through the values
+    mask = (causal[None] & (valid[:, None, :] | own[None]))[:, None]  # [B, 1, T, S]
+    return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device), anchor=anchor)[:, -1]
+
+
+def decode_one_token(model, token, pos, valid, input_pos):
+    """One step: a single new token per row attends to every filled slot up to input_pos. Returns [B, n_embd]."""
+    slots = torch.arange(valid.shape[1], device=token.device)
+    mask = (valid & (slots[None, :] <= input_pos))[:, None, None, :]  # [B, 1, 1, S]
+    return model(token, pos=pos, mask=mask, input_pos=input_pos)[:, -1]
+
+
+def decode_and_sample(model, token, pos, valid, input_pos, sampling, generator=None):
+    """
+    One generation step, the unit sample.py --compile turns into a CUDA graph: feed each row's last token [B] (twice
+    under guidance: the conditional rows, then the unconditional), then sample the next one [B]. Sampling in the
+    graph too, not only the decode: eager sampling is some 25 small kernel launches, which on a GPU can take longer
+    than the whole compiled decode (docs/results.md).
+    """
+    feed = token.repeat(2) if sampling.cfg_scale != 1.0 else token
+    h = decode_one_token(model, feed[:, None], pos, valid, input_pos)
+    return sample_audio_token(model, h, sampling, generator)
+
+
+def decode_compile_options(device):
+    """
+    torch.compile options for decode_and_sample on a device: None (inductor's defaults) on a CPU. On CUDA the step is
+    replayed as a CUDA graph, and at batch 1 it is bound by its ~150 small kernels, not by memory bandwidth; so, as
+    gpt-fast: coordinate-descent tuning (with it inductor also writes each batch-1 matrix-vector product as a Triton
+    reduction fused with its neighbours, the RMSNorm before it say, instead of a cuBLAS call), combo kernels (small
+    independent kernels launched as one) and, from Hopper on, programmatic dependent launch (a kernel's start
+    overlaps the end of the one before). What each gains: docs/results.md.
+    """
+    if not str(device).startswith("cuda"):
+        return None
+    options = {"triton.cudagraphs": True, "coordinate_descent_tuning": True, "combo_kernels": True}
+    if torch.cuda.get_device_capability(device) >= (9, 0):
+        options["triton.enable_pdl"] = True
+    return options
+
+
+def compile_decode_step(device):
+    """decode_and_sample compiled for device (sample.py --compile, bench.py --compile=True): one static graph per
+    shape (dynamic=False), so stream() keeps its cache lengths few."""
+    return torch.compile(decode_and_sample, dynamic=False, options=decode_compile_options(device))
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Temperature, then top-k, then nucleus (top-p) filtering of [B, V] logits. temperature must be > 0."""
+    logits = logits / temperature
+    if top_k and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p and 0 < top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set whose mass reaches top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return logits
+
+
+def pick(logits, sampling, generator):
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p).softmax(dim=-1)
+    # the exponential race: argmax(p_i / E_i), E_i ~ Exp(1), is i with probability p_i, with no host sync and no
+    # torch.multinomial, so that a compiled step samples inside its CUDA graph (gpt-fast does the same)
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def sample_audio_token(model, h, sampling, generator=None):
+    """
+    One next token per row from hidden states h [B, n_embd]: a coarse class (or EOA), then the fine digits given
+    it. Only audio ids 0..46655 or EOA can come out. temperature 0 = greedy; top-k / top-p apply to each stage.
+    With cfg_scale != 1, h holds the conditional rows then the unconditional ones ([2B, n_embd]); both stages use
+    the guided logits uncond + cfg_scale * (cond - uncond), and B tokens come out.
+    """
+    guided = sampling.cfg_scale != 1.0
+
+    def guide(logits):
+        if not guided:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return uncond + sampling.cfg_scale * (cond - uncond)
+
+    coarse = pick(guide(model.coarse_logits(h)), sampling, generator)
+    eoa = coarse == N_COARSE
+    coarse = coarse.clamp(max=N_COARSE - 1)
+    both = coarse.repeat(2) if guided else coarse
+    fine = pick(guide(model.fine_logits(h, both)), sampling, generator)
+    return torch.where(eoa, torch.full_like(coarse, EOA), coarse * N_FINE + fine)
+
+# -----------------------------------------------------------------------------
+# whole generations
+
+
+@torch.no_grad()
+def stream(model, prompts, max_new_tokens, sampling=Sampling(), generator=None, uncond_prompts=None,
+           decode_step=None, anchors=None):
+    """
+    Continue each prompt (a 1-D LongTensor from model.make_prompt) with audio tokens, yielding the next token of every
+    row ([B] LongTensor, EOA once a row is done) as soon as it is sampled.
+    Prompts of different lengths are left-padded into one batch: pads are masked out and each row keeps its own
+    RoPE positions, so a row's output is the same as when it is sampled alone.
+    Classifier-free guidance (sampling.cfg_scale != 1): uncond_prompts (the same prompts without their text) run in
+    the same batch, and logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
+    decode_step: a compile_decode_step(), or None for the eager decode_and_sample; compiled, it samples from torch's
+    global random state (a generator cannot go into the graph): seed it with torch.manual_seed.
+    anchors: per prompt, None or (for one that ends in a voice prompt's audio) the byte of its text where the new
+    speech starts; with GPTConfig.anchor_continuations the new audio's positions restart there.
+    """
+    cfg = model.config
+    device = model.wte.weight.device
+    B = len(prompts)
+    guided = sampling.cfg_scale != 1.0
+    if guided and (uncond_prompts is None or len(uncond_prompts) != B):
+        raise ValueError("classifier-free guidance needs one unconditional prompt per prompt")
+    rows = list(prompts) + (list(uncond_prompts) if guided else [])
+    lengths = torch.tensor([len(p) for p in rows], device=device)
+    P = int(lengths.max())
+    total = P + max_new_tokens
+    if total > cfg.block_size:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {cfg.block_size}")
+    compiled = decode_step not in (None, decode_and_sample)
+    if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
+        total = min(cfg.block_size, -(-total // 256) * 256)
+    pad = P - lengths  # left padding per row
+    idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
+    for i, p in enumerate(rows):
+        idx[i, pad[i]:] = p.to(device)
+    slots = torch.arange(total, device=device)
+    valid = slots[None, :] >= pad[:, None]  # [rows, total]: which cache slots hold real tokens, per row
+    soa_at = torch.tensor([int((p == SOA).nonzero()[0]) for p in rows], device=device)[:, None]
+    anchor_at = anchor_byte = None
+    if cfg.anchor_continuations and anchors is not None and any(a is not None for a in anchors):
+        anchored = torch.tensor([a is not None for a in anchors] + [False] * (len(rows) - B), device=device)
+        anchor_at = torch.where(anchored, lengths - 1, total)[:, None]  # the prompt's last audio token
+        anchor_byte = torch.tensor([a or 0 for a in anchors] + [0] * (len(rows) - B), device=device)[:, None]
+    pos_all = stream_positions(slots[None, :] - pad[:, None], soa_at, cfg.audio_pos_rate, cfg.align_audio_pos,
+                               anchor_at, anchor_byte)
+
+    model.setup_cache(len(rows), total)
+    decode_step = decode_step or decode_and_sample
+    step_generator = None if compiled else generator
+    try:
+        anchor = None
+        if anchor_at is not None:  # at each anchored prompt's last token, as data.get_batch marks it
+            anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
+            anchor[:, P - 1] = torch.where(anchored, anchor_byte[:, 0], -1)
+        h = prefill(model, idx, pos_all[:, :P], valid[:, :P], P, anchor)  # the prompt sees the prompt's slots only
+        token = sample_audio_token(model, h, sampling, generator)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            token = torch.where(done, torch.full_like(token, EOA), token)  # a new tensor: a graph's output is not
+            done |= token == EOA
+            yield token
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            slot = P + t
+            # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
+            seen = valid if compiled else valid[:, :slot + 1]
+            token = decode_step(model, token, pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1], sampling,
+                                step_generator)
+    finally:
+        model.clear_cache()
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, sampling=Sampling(), generator=None, uncond_prompts=None,
+             decode_step=None, anchors=None):
+    """stream() to the end: a list of 1-D LongTensors of audio ids per prompt (EOA not included)."""
+    steps = list(stream(model, prompts, max_new_tokens, sampling, generator, uncond_prompts, decode_step, anchors))
+    out = torch.stack(steps, 1) if steps else torch.empty(len(prompts), 0, dtype=torch.long)
+    results = []
+    for row in out:
+        stop = (row == EOA).nonzero()
+        results.append(row[: int(stop[0])] if len(stop) else row)
+    return results
+
+
+@torch.no_grad()
+def token_logprobs(model, prompts, continuations, anchors=None):
+    """
+    Teacher-forced scores: per row, the log-probability of each token of a continuation (1-D audio ids, and EOA if
+    it ends) after its prompt (a make_prompt stream; anchors as in stream()), in one batch of right-padded rows.
+    Returns a list of 1-D float tensors. synthesize's best_of ranks samples of one text by these.
+    """
+    device = model.wte.weight.device
+    rows = [torch.cat([p.to(device), c.to(device)]) for p, c in zip(prompts, continuations)]
+    idx = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long, device=device)
+    anchor = torch.full_like(idx, -1)
+    for j, row in enumerate(rows):
+        idx[j, :len(row)] = row
+        if anchors is not None and anchors[j] is not None:
+            anchor[j, len(prompts[j]) - 1] = anchors[j]  # the prompt's last audio token, as data.get_batch marks it
+    h = model(idx, anchor=anchor)
+    scores = []
+    for j, (p, c) in enumerate(zip(prompts, continuations)):
+        hj, c = h[j, len(p) - 1:len(p) - 1 + len(c)], c.to(device)  # the state before each token predicts it
+        coarse = torch.where(c == EOA, N_COARSE, c // N_FINE)
+        lp = model.coarse_logits(hj).log_softmax(-1).gather(1, coarse[:, None])[:, 0]
+        fine = model.fine_logits(hj, coarse.clamp(max=N_COARSE - 1)).log_softmax(-1)
+        scores.append(lp + torch.where(c == EOA, 0.0, fine.gather(1, (c % N_FINE)[:, None])[:, 0]))
+    return scores
+
+# -----------------------------------------------------------------------------
+# texts of any length, voices, best_of
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?;:。！？।])\s+|\n+")
+
+
+def split_text(text, max_bytes, pack=True):
+    """
+    Split UTF-8 text into chunks of at most max_bytes: whole sentences (packed together where they fit, if pack), a
+    longer sentence at spaces, a longer word between characters (never inside one).
+    """
+    pieces = []
+    for sentence in SENTENCE_END.split(text.decode("utf-8")):
+        words = sentence.split()
+        while words:  # the longest run of words that fits
+            n = 1
+            while n < len(words) and len(" ".join(words[:n + 1]).encode()) <= max_bytes:
+                n += 1
+            piece, words = " ".join(words[:n]), words[n:]
+            while len(piece.encode()) > max_bytes:  # a single word longer than a chunk
+                cut = max_bytes
+                while len(piece[:cut].encode()) > max_bytes:
+                    cut -= 1
+                pieces.append(piece[:cut].encode())
+                piece = piece[cut:]
+            pieces.append(piece.encode())
+    chunks = []
+    for piece in pieces:
+        if pack and chunks and len(chunks[-1]) + 1 + len(piece) <= max_bytes and chunks[-1][-1:] in b".!?;:":
+            chunks[-1] += b" " + piece  # sentences share a chunk; pieces of one sentence do not
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+def most_likely(scores, weakest=3):
+    """
+    Which of several samples of one chunk to keep. scores: per sample, its token log-probabilities under one or more
+    readings (GPT.token_logprobs), a 1-D tensor each. Kept: the sample whose `weakest` least likely tokens are the most
+    likely, summed over its readings. A slip (a skipped word, a doubled letter, a new voice) is a token the sampler
+    drew against the odds; a sample's mean hides it, its weakest tokens show it.
+    """
+    weakness = [sum(float(s.sort().values[:weakest].mean()) if len(s) else -np.inf for s in readings)
+                for readings in scores]
+    return int(np.argmax(weakness))
+
+
+@torch.no_grad()
+def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voices=None, frames_per_byte=2.5,
+               on_token=None, decode_step=None):
+    """
+    Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
+
+    Texts are sampled batch_size at a time, each row stopping at its own end-of-audio. voices: None, or per text
+    None or (prompt text bytes, prompt audio ids): the model continues that recording, in its voice. Any length of
+    text works: a text that does not fit the context after its voice prompt (with room for frames_per_byte audio
+    tokens per byte) is split at sentence ends into chunks, each spoken as the continuation of the previous chunk
+    (its text and audio as the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly.
+    A model trained with anchor_continuations has only heard speech continue at an anchored sentence border: it
+    speaks every sentence as its own chunk, anchored where the sentence starts. sampling.best_of: sample each chunk
+    that many times in one batch and keep the one the model finds most likely (most_likely). sampling.max_seconds
+    caps each chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
+    on_token: streaming (one text only): called with each audio id as soon as it is sampled.
+    decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
+    """
+    best_of = sampling.best_of
+    if on_token is not None and (len(texts) != 1 or best_of != 1):
+        raise ValueError("streaming speaks one text, one sample of it (not with --best_of)")
+    block = model.config.block_size
+    device = model.wte.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if decode_step is not None:  # a compiled step samples from the global random state (see stream)
+        torch.manual_seed(seed)
+    empty = np.zeros(0, dtype=np.int64)
+    voices = [(v[0], np.asarray(v[1], dtype=np.int64)) if v else (b"", empty) for v in voices or [None] * len(texts)]
+    spoken = [[v] if len(v[1]) else [] for v in voices]  # per text: the voice prompt, then each chunk spoken
+    # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
+    # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may
+    # take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
+    pack = not model.config.anchor_continuations
+    max_chunk = int((block - 2) / ((2 if pack else 1.5) * (1 + frames_per_byte)))
+    for text, audio in voices:
+        max_chunk = min(max_chunk, int((block - 2 - len(text) - len(audio)) / (1 + frames_per_byte)))
+    if max_chunk < 8:
+        raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
+                         f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
+    chunks = []
+    for text, (voice_text, voice_audio) in zip(texts, voices):
+        fits = 2 + len(voice_text) + len(voice_audio) + (1 + frames_per_byte) * len(text) <= block
+        whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
+        chunks.append([text] if whole else split_text(text, max_chunk, pack))  # a text that fits is not split
+    outputs = [[] for _ in texts]
+    order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
+    for start in range(0, len(order), batch_size):
+        group = order[start:start + batch_size]
+        for k in range(max(len(chunks[i]) for i in group)):
+            active = [i for i in group if k < len(chunks[i])]
+            prompts, unconds, anchors = [], [], []
+            for i in active:
+                # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or
+                # ran long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well,
+                # as a voice prompt does
+                room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
+                prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
+                                             (b"", empty))
+                text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
+                prompts += [make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))] * best_of
+                anchors += [len(prev_text) if len(prev_audio) else None] * best_of  # new speech starts at the space
+                unconds += [make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio))] * best_of
+            longest = max(len(p) for p in prompts)
+            max_new = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - longest)
+            if max_new < 1:
+                raise ValueError(f"text does not fit this model's block_size {block}")
+            args = dict(generator=generator, uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
+                        decode_step=decode_step, anchors=anchors)
+            if on_token is None:
+                audio = generate(model, prompts, max_new, sampling, **args)
+            else:  # streaming one text: hand each token on as soon as it is sampled
+                steps = []
+                for token in stream(model, prompts, max_new, sampling, **args):
+                    if int(token[0]) == EOA:
+                        break
+                    steps.append(int(token[0]))
+                    on_token(steps[-1])
+                audio = [torch.tensor(steps, dtype=torch.long)]
+            if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
+                # a sample scores its end too (a run-on, a missing one), where the row has room for it
+                ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
+                        for p, a in zip(prompts, audio)]
+                scores = [[s] for s in token_logprobs(model, prompts, ends, anchors)]
+                # a continuation is read twice: after its prompt (does the voice carry on?) and after its own text
+                # alone (does it say that text from the first word? one that re-speaks the prompt's last "!", then
+                # skips a word, is likely after the prompt, not without it). Both readings halve the sentences said
+                # wrong against the first alone (docs/results.md)
+                rows = [j for j, a in enumerate(anchors) if a is not None]
+                no_audio = torch.zeros(0, dtype=torch.long)
+                alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][k]), no_audio) for j in rows]
+                for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
+                    scores[j].append(s)
+                audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
+            for i, a, anchor in zip(active, audio, anchors[::best_of]):
+                a = a.cpu().numpy()
+                outputs[i].append(a)
+                # a continuation speaks the space before its text too: as a prompt, its text must hold that space,
+                # or its audio runs a byte ahead of its text and the next chunk starts by repeating the end of it
+                spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], a))
+    return [np.concatenate(o) if o else empty for o in outputs]
