@@ -4,7 +4,7 @@ the hardware allows. nanoGPT's bench.py, for a TTS model: what matters is decode
 
     python bench.py config/train_small.py                        # sampling, batch 1 and batch 8
     python bench.py config/train_small.py --mode=train           # training steps: tokens/s, ms/iter, MFU, memory
-    python bench.py config/train_small.py --compile=True         # on CUDA: the decode step as a CUDA graph
+    python bench.py config/train_small.py --compile=True         # the decode step compiled (a CUDA graph on a GPU)
     python bench.py config/train_small.py --threads=1            # a small CPU shared with other work (see below)
     python bench.py --ckpt=out-synthetic/ckpt.pt                 # a trained model's shape and weights
     python bench.py --n_layer=2 --n_head=2 --n_embd=64 --block_size=128 --prompt_len=16 --new_tokens=16
@@ -262,8 +262,7 @@ if __name__ == "__main__":
     # how to sample (generate.Sampling, as sample.py); the decode step is timed with these
     globals().update(Sampling.defaults())
     # what is timed
-    batch_size = 0  # sample: batch N (batch 1 is always timed too), default 8; train: rows per step, default 1 on
-    # a CPU, 16 on a GPU
+    batch_size = 0  # sample: batch N (batch 1 is timed too), 0 = 8; train: rows per step, 0 = 1 on a CPU, 16 on a GPU
     prompt_len = 100  # tokens before the audio (text bytes + SOA); ~100 bytes is a sentence
     new_tokens = 100  # audio tokens per timed generation (4 s); train mode: rows are block_size long
     runs = 5  # timed generations (sample) or optimizer steps (train); figures are medians

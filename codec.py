@@ -171,7 +171,7 @@ def _import_stable_codec():
 
 class Codec:
     """The real stable_codec.StableCodec with the 1x46656 preset. ckpt_path=None builds random weights from the
-    config (for tests with a small stand-in config)."""
+    config (for tests with a small stand-in config), the same ones in every run."""
 
     def __init__(self, config_path=CONFIG_PATH, ckpt_path=CKPT_PATH, device='cpu'):
         problems, fixes = [], []
@@ -188,7 +188,9 @@ class Codec:
             raise CodecUnavailable(f"Stable Codec unavailable: {'; '.join(problems)}. Fix: {' && '.join(fixes)}")
 
         self.device = torch.device(device)
-        with contextlib.redirect_stdout(io.StringIO()):  # progress lines and one notice per attention layer
+        # random weights (no ckpt_path) are the same in every run: a test fixture's tokens must be reproducible
+        with contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # forked: the caller's random state is untouched
             self.codec = StableCodec(model_config_path=config_path, ckpt_path=ckpt_path, device=self.device)
         self.codec.set_posthoc_bottleneck(PRESET)
         assert self.codec.sample_rate == SAMPLE_RATE and self.codec.model.downsampling_ratio == HOP

@@ -27,8 +27,9 @@ import traceback
 
 
 def _config_fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    from common import fail
+
+    fail(message, code=2)  # 2: a usage error, as argparse's
 
 
 def _settings():

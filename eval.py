@@ -4,9 +4,9 @@ Evaluate a trained Dirt model, or the speech pipeline around it, by scoring what
     python eval.py --out_dir=out-synthetic                            # a model trained on the synthetic corpus
     python eval.py --out_dir=out-synthetic --n=200 --temperature=0.8
     python eval.py --mode=reference                                   # Whisper on 40 real recordings: the ceiling
-    python eval.py --mode=reference --test_list=test.jsonl --asr_model=small.en
-    python eval.py --mode=roundtrip --test_list=test.txt              # what the codec alone costs
-    python eval.py --mode=model --out_dir=out-ljspeech --test_list=test.jsonl --audio_dir=heard
+    python eval.py --mode=reference --test_list=test.jsonl --asr_model=small.en  # downloads: Whisper small.en
+    python eval.py --mode=roundtrip --test_list=test.txt   # needs the codec weights: what the codec alone costs
+    python eval.py --mode=model --out_dir=out-ljspeech --test_list=t.jsonl --audio_dir=heard  # needs the codec weights
 
 Modes (--mode; the default is synthetic for a model trained on the synthetic corpus, else model):
     synthetic  sample held-out utterances of the synthetic corpus; its exact recogniser turns each output back into
@@ -17,7 +17,7 @@ Modes (--mode; the default is synthetic for a model trained on the synthetic cor
                    tokens_per_s, rtf     generated tokens per second, seconds of audio per second of compute
     reference  score the ground-truth recordings themselves: the best any model can do with these metrics
     roundtrip  encode + decode the recordings through Stable Codec and score that, next to the recordings
-    model      speak each line's text with the checkpoint (sample.synthesize -> codec ids -> Stable Codec decoder),
+    model      speak each line's text with the checkpoint (generate.synthesize -> codec ids -> Stable Codec decoder),
                in the voice of the line's prompt audio when it has one (the model continues that recording)
 
 Real speech is scored by speech_metrics.py (install: requirements-eval.txt), all at 16 kHz:
@@ -61,9 +61,9 @@ mode = ""  # synthetic | reference | roundtrip | model; "" = synthetic for a syn
 out_dir = "out-synthetic"
 ckpt = ""  # default: <out_dir>/ckpt.pt
 data_dir = ""  # synthetic mode: default the dataset the model was trained on
-# utterances; 0 = the default: every held-out one (synthetic: 500, 7 s on 2 cores; a sample of 100 leaves CER
-# +-0.01 of noise), 40 Asterisk prompts, every line of --test_list
-n = 0
+# every held-out synthetic utterance (500; a sample of 100 leaves CER +-0.01 of noise), 40 Asterisk prompts, or
+# every line of --test_list
+n = 0  # utterances to score; 0 = the mode's default
 batch_size = 32
 globals().update(Sampling.defaults())  # temperature, top_k, top_p, cfg_scale, best_of, max_seconds: as sample.py
 prompted = False  # synthetic: continue another utterance of the same speaker (a voice prompt); adds speaker_acc

@@ -308,7 +308,7 @@ def split_text(text, max_bytes, pack=True):
 def most_likely(scores, weakest=3):
     """
     Which of several samples of one chunk to keep. scores: per sample, its token log-probabilities under one or more
-    readings (GPT.token_logprobs), a 1-D tensor each. Kept: the sample whose `weakest` least likely tokens are the most
+    readings (token_logprobs), a 1-D tensor each. Kept: the sample whose `weakest` least likely tokens are the most
     likely, summed over its readings. A slip (a skipped word, a doubled letter, a new voice) is a token the sampler
     drew against the odds; a sample's mean hides it, its weakest tokens show it.
     """

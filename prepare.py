@@ -6,11 +6,11 @@ The built-in synthetic speech corpus (no download; a toy task that checks the ma
     python prepare.py --dataset=synthetic --n_train=50000 --seed=7 --out_dir=data/synthetic-big
 
 A real speech corpus, encoded to Stable Codec tokens (25 per second; needs the codec, see codec.py; use a GPU):
-    python prepare.py --dataset=ljspeech --input=LJSpeech-1.1                    # metadata.csv + wavs/
-    python prepare.py --dataset=libritts_r --input=LibriTTS_R/train-clean-100    # <speaker>/<chapter>/<utt>.wav
-    python prepare.py --dataset=mine --input=recordings/manifest.jsonl           # {"audio", "text", "speaker"}
-    python prepare.py --dataset=mine --input=... --max_seconds=20 --batch_size=64 --val_fraction=0.02
-    python train.py --dataset=ljspeech ...                                       # reads data/ljspeech/
+    python prepare.py --dataset=ljspeech --input=LJSpeech-1.1           # needs the codec weights: metadata.csv + wavs/
+    python prepare.py --dataset=libritts_r --input=LibriTTS_R/train-clean-100  # needs the codec weights: <speaker>/...
+    python prepare.py --dataset=mine --input=recordings/manifest.jsonl  # needs the codec weights: {"audio", "text"}
+    python prepare.py --dataset=mine --input=... --max_seconds=20 --batch_size=64  # needs the codec weights
+    python train.py --dataset=ljspeech ...       # needs the codec weights (to prepare it): reads data/ljspeech/
 The format is detected from --input (or --format=ljspeech|libritts|jsonl):
     ljspeech   a folder with metadata.csv (`id|text|normalized_text` lines; the normalized text is used when
                present) and wavs/<id>.wav (or any other audio extension)

@@ -6,8 +6,8 @@ Sample speech from a trained Dirt model.
     python sample.py --out_dir=out-synthetic --text="আমি বাংলায় কথা বলি।"     # any UTF-8 text: the model reads bytes
 
 Writes samples/000.npy, 001.npy, ... (Stable Codec ids, 25 per second) and, for a model trained on the synthetic
-corpus, prints what its recogniser hears; for a real-speech model also 000.wav, ... through the codec. The sampling
-settings (--temperature, --top_p, --best_of, ...: generate.Sampling) are the same in eval.py and bench.py;
+corpus, prints what its recogniser hears; for a real-speech model also 000.wav, ... through the codec. How to sample
+(--temperature, --top_p, --best_of, ...: generate.Sampling) is set the same way in eval.py and bench.py;
 `python sample.py --help` lists every setting. The checkpoint is loaded with weights_only=True: no code in it runs.
 """
 

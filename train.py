@@ -13,9 +13,9 @@ counts rows), and activations recomputed in the backward pass (a bigger batch or
     python train.py config/train_synthetic.py --packing=True --activation_checkpointing=True
 DDP on 4 GPUs of one node (gradient_accumulation_steps is the GLOBAL count, split across processes, so the global
 batch stays the same whatever the GPU count):
-    torchrun --standalone --nproc_per_node=4 train.py config/train_small.py
-Two nodes (run on each; the master's address and port must be reachable):
-    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
+    torchrun --standalone --nproc_per_node=4 train.py config/train_small.py    # on a GPU
+Two nodes (run on each, --node_rank=1 on the second; the master's address and port 29500 must be reachable):
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=node0 train.py config/train_small.py  # on a GPU
 DDP on CPU (gloo), e.g. to test the machinery (gradient_accumulation_steps is rounded up to a multiple of the
 process count, with a note):
     torchrun --standalone --nproc_per_node=2 train.py config/train_synthetic.py --device=cpu
@@ -94,9 +94,8 @@ backend = ""  # DDP backend; '' = nccl on CUDA, gloo on CPU
 peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = look up the GPU by name (unknown devices show no MFU)
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
-config = {k: globals()[k] for k in config_keys}  # what the run used, saved in checkpoints and logs
+config = _settings()  # noqa: F821  what the run used (a setting as configurator.py defines it), for checkpoints, logs
 # -----------------------------------------------------------------------------
 
 

@@ -150,3 +150,17 @@ def test_silence_and_tiny_clips_stay_finite(tiny):
 def test_placeholders_do_not_leak(tiny):
     for name in codec._UNUSED_IMPORTS:
         assert not isinstance(sys.modules.get(name), codec._Placeholder)
+
+
+@needs_stable_codec
+def test_random_weights_are_the_same_in_every_run(tiny):
+    """The stand-in codec (no checkpoint) is a fixture: the same tokens every time, the caller's RNG untouched."""
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        again = codec.Codec(TINY_CONFIG, ckpt_path=None)
+    assert torch.equal(torch.rand(3), before)
+    clip = noise(8000)
+    assert torch.equal(again.encode([clip], 16000)[0], tiny.encode([clip], 16000)[0])

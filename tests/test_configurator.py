@@ -12,10 +12,13 @@ from test_cli import one_line_error
 @pytest.mark.parametrize("script,args,needles", [
     ("train.py", ["--max_iters=5", "--no_such_key=1", "--help"],  # --help anywhere wins, before any other work
      ["Train Dirt: text bytes", "settings (defaults", "  # I/O\n  out_dir = 'out'\n", "  learning_rate = 0.0006\n",
-      "  eval_only = False  # evaluate once and exit\n", "  # data\n  dataset = 'synthetic'\n"]),
-    ("sample.py", ["-h"], ["Sample speech from a trained Dirt model", "  top_p = 0.8  # 0 or 1 = off\n"]),
-    ("eval.py", ["-h"], ["Evaluate a trained Dirt model", "  # real speech\n  test_list = ''  # audio_path"]),
-    ("bench.py", ["--help"], ["  # model shape (a config file's are taken", "  n_layer = 12\n"]),
+      "  eval_only = False  # evaluate once and exit\n", "  # data\n  dataset = 'synthetic'\n",
+      "  n_kv_head = 0  # grouped-query attention"]),  # model.GPTConfig's fields, with their comments there
+    ("sample.py", ["-h"], ["Sample speech from a trained Dirt model", "  top_p = 0.8  # nucleus sampling; 0 or 1 = off\n"]),
+    ("eval.py", ["-h"], ["Evaluate a trained Dirt model", "  # real speech\n  test_list = ''  # audio_path",
+                         "  best_of = 1  # sample each chunk"]),  # generate.Sampling's fields
+    ("bench.py", ["--help"], ["(a config file sets only block_size, n_layer,", "  n_layer = 12\n",
+                              "  temperature = 0.6  # 0 = greedy\n"]),
     ("prepare.py", ["--help"], ["  workers = 4  # threads reading and resampling audio ahead of the codec\n"]),
 ])
 def test_help_lists_every_setting(tmp_path, script, args, needles):
@@ -47,8 +50,11 @@ def fake_script(folder, file_keys=False):
         """A fake script."""
         import dataclasses
         import json
+        import sys
 
         from shapes import Shape
+
+        sys.path.append({ROOT!r})  # configurator.py's one-line errors come from the repo's common.py
 
         # -----------------------------------------------------------------------------
         # I/O

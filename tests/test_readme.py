@@ -1,4 +1,5 @@
-"""Run the commands of README.md (and docs/real-speech.md) as a reader would, so that the page cannot go stale.
+"""Run the commands of README.md (and docs/real-speech.md) as a reader would, so that the page cannot go stale; the
+example commands in the scripts' docstrings too (SCRIPTS: their lines that start with python or torchrun).
 
 Every line of a ```sh block is a command (lines that are only a comment are prose; a trailing backslash joins the
 next line). A command that cannot run on a CPU-only machine without the codec weights and the internet ends with a
@@ -17,9 +18,11 @@ interpreter and `torchrun` is `python -m torch.distributed.run`. `&&` chains are
 run (another program, a pipe, a redirection) fails the test unless it is marked, so markers cannot rot: the lines
 skipped are exactly the marked ones. Input files a reader would bring (lines.txt) are written first.
 
-The example commands in the scripts' module docstrings are not collected yet: they carry no markers.
+A command that stands word for word on an earlier line (the README's main job, again in train.py's docstring) runs
+once.
 """
 
+import ast
 import os
 import re
 import shlex
@@ -31,6 +34,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md", "docs/real-speech.md"]
+SCRIPTS = ["train.py", "sample.py", "eval.py", "bench.py", "prepare.py"]
 MARKERS = ("on a GPU", "needs the codec weights", "downloads", "set-up: run by hand")
 # appended to each command of a script; tiny shapes where a command would time a 112M model on a CPU
 SHORTEN = {
@@ -104,8 +108,23 @@ def collect(page):
     return commands
 
 
-COMMANDS = [c for page in PAGES for c in collect(page)]
-TO_RUN = [c for c in COMMANDS if not c.marker]
+def collect_docstring(script):
+    """The example commands of a script's module docstring: its lines that start with python or torchrun."""
+    with open(os.path.join(ROOT, script), encoding="utf-8") as f:
+        node = ast.parse(f.read()).body[0]
+    commands = []
+    for number, line in enumerate(node.value.value.splitlines(), node.lineno):
+        if line.strip().startswith(("python ", "torchrun ")):
+            text, comment = split_comment(line.strip())
+            commands.append(Command(script, number, text, marker_of(comment)))
+    return commands
+
+
+COMMANDS = [c for page in PAGES for c in collect(page)] + [c for s in SCRIPTS for c in collect_docstring(s)]
+TO_RUN = []
+for _c in COMMANDS:
+    if not _c.marker and _c.text not in {d.text for d in TO_RUN}:
+        TO_RUN.append(_c)
 
 
 def argvs(command):
@@ -155,7 +174,9 @@ def test_unmarked_commands_can_run_here():
             cannot.append(f"{c}  -- {e}; mark it with one of: {', '.join('# ' + m for m in MARKERS)}")
     assert not cannot, "\n".join(cannot)
     skipped = {c for c in COMMANDS if c not in TO_RUN}
-    assert skipped == {c for c in COMMANDS if c.marker}
+    run_before = {c for c in COMMANDS if not c.marker and c not in TO_RUN}
+    assert skipped == {c for c in COMMANDS if c.marker} | run_before
+    assert all(any(d.text == c.text and d != c for d in TO_RUN) for c in run_before)
 
 
 @pytest.fixture(scope="module")
