@@ -1,10 +1,11 @@
 """
 The few helpers and constants that several scripts share, each defined once: the one-line error a user sees, atomic
-file writes, the compute dtypes, the default device, GPU peak FLOP/s.
+file writes, the compute dtypes, the default device, GPU peak FLOP/s, how a skipped file is reported.
 """
 
 import os
 import sys
+from collections import Counter
 
 import torch
 
@@ -54,3 +55,13 @@ def gpu_peak_flops(device):
     """Dense bf16 peak FLOP/s of a CUDA device from GPU_PEAK_FLOPS, 0.0 for one not in the table."""
     name = torch.cuda.get_device_name(device)
     return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), 0.0)
+
+
+def skip_line(name, reason, detail=""):
+    """How a script reports a file of a list that it skips (prepare.py, eval.py): the same words everywhere."""
+    return f"skip {name}: {reason}" + (f" ({detail})" if detail else "")
+
+
+def skip_summary(reasons):
+    """The skipped files counted by reason, most first: '3 missing audio, 1 unreadable'."""
+    return ", ".join(f"{n} {r}" for r, n in sorted(Counter(reasons).items(), key=lambda kv: (-kv[1], kv[0])))

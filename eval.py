@@ -51,9 +51,9 @@ import numpy as np
 
 import speech_metrics as sm
 from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable
-from common import default_device, fail
+from common import check_device, default_device, fail, skip_line, skip_summary
 from data import CheckpointError, Shards, load_model
-from generate import Sampling, synthesize
+from generate import Sampling, SpeechMissing, synthesize
 from synthetic import SyntheticSpeech
 
 # -----------------------------------------------------------------------------
@@ -128,7 +128,8 @@ def evaluate_synthetic(model, checkpoint):
             others = [j for j in by_speaker.get(val[i][2], []) if j != i]
             voices.append(val[others[i % len(others)]][:2] if others else None)
     t0 = time.time()
-    outputs = synthesize(model, [text for text, _, _ in references], sampling, seed, batch_size, voices)
+    # an output cut short is scored as what it is (strict=False); a long text that loses a chunk is an error below
+    outputs = synthesize(model, [text for text, _, _ in references], sampling, seed, batch_size, voices, strict=False)
     dt = time.time() - t0
     texts = [text.decode("utf-8") for text, _, _ in references]
     scores = score_synthetic(texts, outputs)
@@ -151,7 +152,10 @@ def evaluate_synthetic(model, checkpoint):
                 if len(longs) == long_n:
                     break
             current = f"{current} {sentence}".strip()
-        long_out = synthesize(model, [t.encode() for t in longs], sampling, seed, batch_size)
+        try:
+            long_out = synthesize(model, [t.encode() for t in longs], sampling, seed, batch_size)
+        except SpeechMissing as e:  # a long text's chunk lost: no score can say that as clearly
+            fail(f"--long_chars: {e}")
         long_scores = score_synthetic(longs, long_out)
         result.update(long_n=len(longs), long_chars=long_chars, long_cer=long_scores["cer"],
                       long_speaker_consistency=long_scores["speaker_consistency"],
@@ -175,7 +179,7 @@ def continued_score(model, val):
     texts = [t.decode("utf-8") for t in seconds]
     result = {"continued_n": len(seconds)}
     for name, voices in (("continued", firsts), ("alone", None)):
-        outputs = synthesize(model, seconds, sampling, seed, batch_size, voices)
+        outputs = synthesize(model, seconds, sampling, seed, batch_size, voices, strict=False)
         heard = [h.strip() for h in score_synthetic(texts, outputs)["heard"]]  # a continuation speaks its space too
         result[f"{name}_wrong"] = round(float(np.mean([h != t for h, t in zip(heard, texts)])), 4)
         result[f"{name}_cer"] = round(jiwer.cer(texts, [h or " " for h in heard]), 4)
@@ -215,12 +219,16 @@ def score_synthetic(texts, outputs):
 
 
 def read_audio(path):
+    """A test list's audio file; a file that is missing or unreadable raises ValueError((reason, detail)): the list
+    skips that line and says so, as prepare.py does."""
+    if not os.path.exists(path):
+        raise ValueError(("missing audio", path))
     try:
         return sm.load_audio(path, format="g722" if path.endswith(".g722") else None)
-    except sm.MetricUnavailable as e:
+    except sm.MetricUnavailable as e:  # PyAV missing: not the file's fault
         fail(str(e))
-    except Exception as e:  # FFmpeg's errors for a file that isn't audio
-        fail(f"cannot read audio {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    except Exception as e:  # FFmpeg's or libsndfile's errors for a file that isn't audio
+        raise ValueError(("unreadable", str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
 
 
 def load_items():
@@ -239,13 +247,24 @@ def load_items():
     except ValueError as e:
         fail(str(e))
     lines = lines[:n] if n else lines
-    prompt_wavs = {}  # one array per prompt file, however many lines share it
+    items, skipped, clips = [], [], {}  # clips: one array per file, however many lines share it (a prompt)
     for line in lines:
-        if line["prompt_audio"] and line["prompt_audio"] not in prompt_wavs:
-            prompt_wavs[line["prompt_audio"]] = read_audio(line["prompt_audio"])
-    return [dict(name=line["name"], text=line["text"], wav=read_audio(line["audio"]) if line["audio"] else None,
-                 prompt_wav=prompt_wavs.get(line["prompt_audio"]), prompt_text=line["prompt_text"])
-            for line in lines]
+        try:
+            for path in (line["audio"], line["prompt_audio"]):
+                if path and path not in clips:
+                    clips[path] = read_audio(path)
+        except ValueError as e:
+            reason, detail = e.args[0]
+            print(skip_line(line["name"], reason, detail))
+            skipped.append(reason)
+            continue
+        items.append(dict(name=line["name"], text=line["text"], wav=clips.get(line["audio"]),
+                          prompt_wav=clips.get(line["prompt_audio"]), prompt_text=line["prompt_text"]))
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(lines)} lines: {skip_summary(skipped)}")
+    if not items:
+        fail(f"no line of {test_list} has audio to read ({skip_summary(skipped)}); fix the paths in it")
+    return items
 
 
 def load_transcriber():
@@ -365,6 +384,7 @@ if mos not in ("p808", "full", "off"):
     fail(f"--mos={mos}: use p808, full or off")
 try:
     sampling = Sampling.from_settings(globals())
+    check_device(device)
 except ValueError as e:
     fail(str(e))
 
@@ -424,7 +444,7 @@ else:  # model
     voices = [encoded.get(id(it["prompt_wav"])) for it in items]
     t_sample = time.time()
     try:
-        outputs = synthesize(model, texts, sampling, seed, batch_size, voices)
+        outputs = synthesize(model, texts, sampling, seed, batch_size, voices, strict=False)
     except ValueError as e:
         fail(str(e))
     dt = time.time() - t_sample

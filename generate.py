@@ -305,6 +305,35 @@ def split_text(text, max_bytes, pack=True):
     return chunks
 
 
+class SpeechMissing(ValueError):
+    """A chunk of a text came back without its speech (check_speech); the message is one line with the fix."""
+
+
+def check_speech(model, audio, chunks, k, spoken, i):
+    """
+    Raise SpeechMissing when chunk k of text i (chunks: all of that text's) ended without speech, or with under a
+    quarter of the frames its bytes need at the rate of the speech before it (its voice prompt and earlier chunks:
+    spoken, (text, audio) pairs). A model that has never heard speech continue after a finished sentence ends every
+    continuation at once, and a long text would come back as its first sentence alone.
+    """
+    said_text, said_audio = sum(len(t) for t, _ in spoken), sum(len(a) for _, a in spoken)
+    rate = said_audio / said_text if said_text and said_audio else 0.0
+    if len(audio) > 0 and len(audio) >= rate * len(chunks[k]) / 4:
+        return
+    where = f"text {i + 1}" + (f", chunk {k + 1} of {len(chunks)}," if len(chunks) > 1 else "")
+    got = f"{len(audio)} frames for {len(chunks[k])} bytes"
+    got += f" (the speech before it: {rate:.2f} per byte)" if rate else ""
+    if k > 0 and not model.config.anchor_continuations:
+        fix = ("this model has not learned to continue speech after a finished sentence, which long texts (spoken in "
+               "chunks, each continuing the last) need: train one that has, e.g. config/train_synthetic_prompts.py, "
+               "or give texts short enough to be spoken whole")
+    elif spoken:
+        fix = "the model stopped mid-text: try --best_of=4, a lower --temperature, or another --seed"
+    else:
+        fix = "the model said nothing: is it trained? try another --seed or --temperature"
+    raise SpeechMissing(f"{where} ended after {got}: {fix}")
+
+
 def most_likely(scores, weakest=3):
     """
     Which of several samples of one chunk to keep. scores: per sample, its token log-probabilities under one or more
@@ -319,7 +348,7 @@ def most_likely(scores, weakest=3):
 
 @torch.no_grad()
 def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voices=None, frames_per_byte=2.5,
-               on_token=None, decode_step=None):
+               on_token=None, decode_step=None, strict=True):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
 
@@ -334,6 +363,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     caps each chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
     on_token: streaming (one text only): called with each audio id as soon as it is sampled.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
+    strict: a chunk that ends without speech, or far sooner than the speech before it, raises SpeechMissing
+    (check_speech) instead of coming back short; eval.py scores short outputs as errors instead (strict=False).
     """
     best_of = sampling.best_of
     if on_token is not None and (len(texts) != 1 or best_of != 1):
@@ -412,6 +443,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
                 audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
             for i, a, anchor in zip(active, audio, anchors[::best_of]):
                 a = a.cpu().numpy()
+                if strict and len(a) < max_new:
+                    check_speech(model, a, chunks[i], k, spoken[i], i)
                 outputs[i].append(a)
                 # a continuation speaks the space before its text too: as a prompt, its text must hold that space,
                 # or its audio runs a byte ahead of its text and the next chunk starts by repeating the end of it

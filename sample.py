@@ -62,9 +62,13 @@ def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
         raise ValueError("a voice prompt needs its transcript: add --prompt_text='the words spoken in it'")
     if prompt_tokens:
         try:
-            ids = np.load(prompt_tokens).astype(np.int64).reshape(-1)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read --prompt_tokens {prompt_tokens}: {e}") from None
+            ids = np.load(prompt_tokens, allow_pickle=False)  # never unpickle: a .npy of an object array is refused
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"cannot read --prompt_tokens {prompt_tokens}: {str(e).splitlines()[0]}") from None
+        if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
+            raise ValueError(f"--prompt_tokens {prompt_tokens} is not a .npy array of integer codec ids (np.save of the "
+                             "ids sample.py writes)")
+        ids = ids.astype(np.int64).reshape(-1)
         if len(ids) == 0 or ids.min() < 0 or ids.max() >= N_AUDIO:
             raise ValueError(f"--prompt_tokens {prompt_tokens} must hold Stable Codec ids 0..{N_AUDIO - 1}")
         return prompt_text.strip().encode(), ids
@@ -76,6 +80,8 @@ def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
         raise ValueError(f"cannot read --prompt_audio {prompt_audio}: {str(e).splitlines()[0]}") from None
     if len(wav) < 0.5 * sr:
         raise ValueError(f"--prompt_audio {prompt_audio} is shorter than 0.5 s; use 3 to 10 s of clean speech")
+    if not np.isfinite(wav).all() or np.sqrt(np.mean(np.square(wav, dtype=np.float64))) < 1e-3:  # below -60 dBFS
+        raise ValueError(f"--prompt_audio {prompt_audio} is silent (or not finite); use 3 to 10 s of clean speech")
     tokens, lengths = codec_loader().encode([wav], [sr])
     return prompt_text.strip().encode(), tokens[0, : int(lengths[0])].cpu().numpy()
 
@@ -114,6 +120,8 @@ if __name__ == "__main__":
         fail("need batch_size >= 1 and audio in auto|yes|no")
     if stream and best_of > 1:
         fail("--stream plays the one sample as it is made: it cannot choose among --best_of samples; drop one")
+    if os.path.isfile(output_dir):
+        fail(f"--output_dir={output_dir} is a file; give a folder for the samples")
     codec = None
 
     def codec_loader():
@@ -133,6 +141,15 @@ if __name__ == "__main__":
         if compile:  # one graph per cache length (generate.stream rounds it up to a multiple of 256)
             decode_step = compile_decode_step(device)
         synthetic = checkpoint.get("config", {}).get("dataset") == "synthetic"
+        want_audio = audio == "yes" or (audio == "auto" and not synthetic)
+        if want_audio or (stream and not synthetic):  # the codec before the sampling: a missing one costs no wait
+            try:
+                codec_loader()
+            except CodecUnavailable as e:
+                if audio == "yes" or stream:
+                    raise
+                print(f"note: tokens only, no .wav: {e}")
+                want_audio = False
         on_token, finish, first = None, None, []
         if stream:
             if len(texts) != 1:
@@ -184,13 +201,8 @@ if __name__ == "__main__":
     os.makedirs(output_dir, exist_ok=True)
     recogniser = SyntheticSpeech() if synthetic else None
     wavs = None
-    if not stream and (audio == "yes" or (audio == "auto" and not synthetic)):  # decode to 16 kHz audio
-        try:
-            wavs = codec_loader().decode([torch.from_numpy(o) for o in outputs])
-        except CodecUnavailable as e:
-            if audio == "yes":
-                fail(str(e))
-            print(f"note: wrote tokens only, no .wav: {e}")
+    if not stream and want_audio:  # decode to 16 kHz audio
+        wavs = codec_loader().decode([torch.from_numpy(o) for o in outputs])
     if plot and wavs is None and not stream:
         print("note: --plot draws the audio: nothing to draw without a codec (see --audio)")
     for i, (t, tokens) in enumerate(zip(texts, outputs)):

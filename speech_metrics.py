@@ -288,6 +288,7 @@ def read_test_list(path, need_audio=True):
     `audio_path|transcript` lines, or JSONL {"audio", "text", optional "prompt_audio", "prompt_text"} (a
     prepare.py manifest works as is). Relative paths are found next to the list, else from the current folder.
     need_audio=False lets a line have no audio (model mode speaks the text, the recording is only a reference).
+    An audio file that is not there is not checked here: the reader skips that line and reports it.
     Raises ValueError with a one-line reason naming the line."""
     import json
     try:
@@ -299,13 +300,13 @@ def read_test_list(path, need_audio=True):
         raise ValueError(f"test list {path} is not valid UTF-8 (byte {e.start})") from None
     base = os.path.dirname(os.path.abspath(path))
 
-    def find(p, where):
+    def find(p):
         if not p:
             return None
         for candidate in (os.path.join(base, p), p):  # an absolute p makes join return p itself
             if os.path.exists(candidate):
                 return candidate
-        raise ValueError(f"{where}: audio file {p} not found (next to the list or from {os.getcwd()})")
+        return os.path.join(base, p)  # missing: the reader skips the line and says so, as prepare.py does
 
     items = []
     for i, line in enumerate(lines, 1):
@@ -326,9 +327,9 @@ def read_test_list(path, need_audio=True):
             raise ValueError(f"{where}: no text")
         if need_audio and not d.get('audio'):
             raise ValueError(f"{where}: no audio path")
-        audio = find(d.get('audio'), where)
+        audio = find(d.get('audio'))
         items.append(dict(name=os.path.splitext(os.path.basename(audio))[0] if audio else f'line{i}',
-                          audio=audio, text=str(d['text']).strip(), prompt_audio=find(d.get('prompt_audio'), where),
+                          audio=audio, text=str(d['text']).strip(), prompt_audio=find(d.get('prompt_audio')),
                           prompt_text=d.get('prompt_text')))
     if not items:
         raise ValueError(f"test list {path} has no lines")

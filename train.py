@@ -152,8 +152,6 @@ else:
     ddp_rank, ddp_world_size, master_process = 0, 1, True
 device_type = "cuda" if device.startswith("cuda") else "cpu"
 
-if master_process:
-    os.makedirs(out_dir, exist_ok=True)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 ptdtype = DTYPES[dtype]
@@ -262,7 +260,10 @@ gptconf = GPTConfig(**model_args)
 model = GPT(gptconf)
 model.activation_checkpointing = activation_checkpointing
 if checkpoint is not None:
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        fail(f"{ckpt_path} does not match its own model settings: {str(e).splitlines()[0]}")
 model.to(device)
 if master_process:
     print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without embedding)")
@@ -274,8 +275,11 @@ if checkpoint is not None:
     if len(states) != len(optimizers):
         used = checkpoint.get("config", {}).get("optimizer", "adamw")
         fail(f"{ckpt_path} was trained with --optimizer={used}; resume with that (not {optimizer})")
-    for opt, state in zip(optimizers, states):
-        opt.load_state_dict(state)
+    try:
+        for opt, state in zip(optimizers, states):
+            opt.load_state_dict(state)
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"{ckpt_path}: its optimizer state does not fit this model ({str(e).splitlines()[0]}); train anew")
 checkpoint = None  # free memory
 
 raw_model = model
@@ -345,7 +349,7 @@ def log_sample(it):
     text = val_data[0][0]
     raw_model.eval()
     # sample.py's default sampling, a 10 s chunk at most; its own RNG: training's is untouched
-    tokens = synthesize(raw_model, [text], Sampling(max_seconds=10.0), seed=seed)[0]
+    tokens = synthesize(raw_model, [text], Sampling(max_seconds=10.0), seed=seed, strict=False)[0]
     raw_model.train()
     if val_data.meta.get("dataset") == "synthetic":
         from synthetic import SyntheticSpeech
@@ -382,8 +386,10 @@ def log_sample(it):
 
 
 log_path = os.path.join(out_dir, "log.jsonl")  # one JSON line per logged iteration, for plots and tests
-if master_process and init_from == "scratch" and os.path.exists(log_path):
-    os.remove(log_path)
+if master_process:  # only now, every check passed: a run that fails one writes nothing
+    os.makedirs(out_dir, exist_ok=True)
+    if init_from == "scratch" and os.path.exists(log_path):
+        os.remove(log_path)
 
 # training loop
 train_batches = None if eval_only else prefetch(iter_num)

@@ -39,10 +39,13 @@ def test_eval_prints_json_last(trained):
     assert result["n"] == 6 and 0 <= result["speaker_consistency"] <= 1 and result["cer"] >= 0
     assert result["tokens_per_s"] > 0 and result["iter_num"] == 40
     proc = run("eval.py", f"--out_dir={out_dir}", "--n=4", "--max_seconds=2", "--prompted=True", "--long_chars=150",
-               "--long_n=3", "--cfg_scale=2.0", cwd=work)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert 0 <= result["speaker_acc"] <= 1 and result["long_n"] == 3 and result["long_cer"] >= 0
-    assert 0 <= result["long_one_voice"] <= 1 and result["long_speaker_consistency"] <= result["long_one_voice"]
+               "--long_n=3", "--cfg_scale=2.0", cwd=work, check=False)
+    if proc.returncode == 0:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert 0 <= result["speaker_acc"] <= 1 and result["long_n"] == 3 and result["long_cer"] >= 0
+        assert 0 <= result["long_one_voice"] <= 1 and result["long_speaker_consistency"] <= result["long_one_voice"]
+    else:  # this barely trained model has never heard speech continue: a long text's lost chunk is said, loudly
+        one_line_error(proc, "--long_chars: text", "ended after")
 
 
 def test_eval_continued_scores_second_sentences(trained, tmp_path):

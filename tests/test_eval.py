@@ -142,9 +142,10 @@ def test_one_line_errors(tmp_path):
                        check=False), "--asr_model", "no-such-model")
     one_line_error(run("eval.py", "--mode=roundtrip", f"--codec_config={tmp_path}/none.json", cwd=tmp_path,
                        check=False), "Stable Codec unavailable")
-    (tmp_path / "bad.txt").write_text("missing.wav|some words\n")
-    one_line_error(run("eval.py", "--mode=reference", f"--test_list={tmp_path}/bad.txt", cwd=tmp_path,
-                       check=False), "bad.txt line 1", "missing.wav not found")
+    (tmp_path / "bad.txt").write_text("missing.wav|some words\n")  # skipped and reported; then nothing is left
+    proc = run("eval.py", "--mode=reference", f"--test_list={tmp_path}/bad.txt", cwd=tmp_path, check=False)
+    one_line_error(proc, "no line of", "bad.txt", "1 missing audio")
+    assert f"skip missing: missing audio ({tmp_path}/missing.wav)" in proc.stdout
 
 
 @needs("wer", "av")

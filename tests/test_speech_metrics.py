@@ -75,8 +75,9 @@ def test_read_test_list(tmp_path):
     first, second = sm.read_test_list(str(tmp_path / 'list.jsonl'), need_audio=False)  # model mode: text suffices
     assert first['prompt_audio'] == str(tmp_path / 'wavs' / 'voice.wav') and first['prompt_text'] == 'the prompt'
     assert second['audio'] is None and second['name'] == 'line2'
-    for content, message in [('gone.wav|text\n', 'line 1: audio file gone.wav not found'),
-                             ('a.wav|\n', 'line 1: no text'), ('{"audio": "a.wav", "text"\n', 'line 1: bad JSON'),
+    (tmp_path / 'gone.txt').write_text('gone.wav|text\n')  # a missing file is the reader's to skip and report
+    assert sm.read_test_list(str(tmp_path / 'gone.txt'))[0]['audio'] == str(tmp_path / 'gone.wav')
+    for content, message in [('a.wav|\n', 'line 1: no text'), ('{"audio": "a.wav", "text"\n', 'line 1: bad JSON'),
                              ('just words\n', 'expected audio_path|transcript'), ('\n', 'has no lines')]:
         (tmp_path / 'bad.txt').write_text(content)
         with pytest.raises(ValueError, match=message):
