@@ -6,7 +6,8 @@ loudness-normalised and padded to the codec hop, and returns its tokens as a lis
 package also cannot be pip-installed next to a current torch. Codec does that preparation, speaks numpy, keeps
 track of lengths, and imports stable_codec with the small install of requirements-codec.txt.
 
-    codec = Codec()                               # loads checkpoints/stable-codec/{model_config.json,model.ckpt}
+    codec = Codec()                               # loads checkpoints/stable-codec/{model_config.json,model.ckpt}:
+                                                  # every tensor, or a one-line error (model.safetensors loads too)
     tokens, lengths = codec.encode([wav], [sr])   # wav: float array [L] or [L, C] at any rate
     audio = codec.decode(tokens, lengths)         # list of float32 arrays at 16 kHz
     StreamingDecoder(codec, write)                # audio as the tokens arrive (sample.py --stream)
@@ -24,8 +25,11 @@ falls back to full attention and the real weights give degraded audio. Prepare t
 import contextlib
 import importlib.util
 import io
+import json
 import math
 import os
+import pickle
+import re
 import sys
 import types
 import warnings
@@ -50,6 +54,11 @@ DOWNLOAD = ('pip install huggingface_hub && hf auth login && hf download stabili
 
 class CodecUnavailable(RuntimeError):
     """stable_codec or the weights are missing; the message is one line with the commands that fix it."""
+
+
+class CodecCheckpointError(CodecUnavailable):
+    """The codec's files are there but unusable: a config stable_audio_tools cannot build, or a checkpoint that is
+    unreadable or holds another model's weights. One line naming the file and the fix."""
 
 # -----------------------------------------------------------------------------
 # token ids <-> FSQ levels <-> latent values
@@ -158,22 +167,153 @@ def _import_stable_codec():
     added = [m for m, pkg in _UNUSED_IMPORTS.items() if m not in sys.modules and importlib.util.find_spec(pkg) is None]
     sys.modules.update({m: _Placeholder(m) for m in added})
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # stable_audio_tools prints flash-attn notices
-            from stable_codec import StableCodec
-            import stable_audio_tools.models.autoencoders  # noqa: F401  (the model code: imports the rest now)
+        from stable_codec import StableCodec  # its flash-attn notices go where Codec puts them (_library_output)
+        import stable_audio_tools.models.autoencoders  # noqa: F401  (the model code: imports the rest now)
     finally:
         for m in added:  # nothing outside stable_audio_tools should ever see a placeholder
             sys.modules.pop(m, None)
     return StableCodec
 
 # -----------------------------------------------------------------------------
+# reading the codec's files: every tensor of the model from the checkpoint, or a one-line error
+
+# stable_codec loads weights with stable_audio_tools' copy_state_dict, which skips every key whose name or shape does
+# not match the model: a checkpoint of another config (or another stable_audio_tools' layer names) would load as
+# random weights without a word, and prepare.py would write a corpus of meaningless tokens. So Codec builds the
+# model with no checkpoint and loads the file itself, requiring an exact match.
+LFS_POINTER = b'version https://git-lfs.github.com/spec/v1'  # what a checkout without `git lfs pull` holds
+
+
+def read_config(path):
+    """The codec config as a dict, or CodecCheckpointError naming the file."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise CodecCheckpointError(f'codec config {path} is not JSON ({e}): pass the model_config.json that came '
+                                   f'with the checkpoint, or download both again: {DOWNLOAD}') from None
+    if not isinstance(config, dict):
+        raise CodecCheckpointError(f'codec config {path} is JSON but not an object: pass the model_config.json '
+                                   f'that came with the checkpoint')
+    return config
+
+
+def read_state_dict(path):
+    """A codec checkpoint's tensors, read as stable_audio_tools' load_ckpt_state_dict reads the published files
+    (get_pretrained_model loads those strictly, so their names are the model's own and nothing is stripped):
+    *.safetensors with safetensors, anything else with torch.load as {'state_dict': {name: tensor}}. torch.load
+    runs with weights_only=True, so a pickle that would run code is refused before any of it runs."""
+    path = os.fspath(path)
+
+    def bad(what):
+        return CodecCheckpointError(f'codec checkpoint {path} {what}')
+    again = f'download it again: {DOWNLOAD}'
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError as e:
+        raise bad(f'cannot be read ({e.strerror})') from None
+    if not head:
+        raise bad(f'is empty (0 bytes): {again}')
+    if head == LFS_POINTER:
+        raise bad(f'is a Git LFS pointer, not the weights: run git lfs pull in its repository, or {DOWNLOAD}')
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+            state = state.get('state_dict') if isinstance(state, dict) else None
+    except pickle.UnpicklingError as e:
+        needs = re.search(r'GLOBAL ([\w.]+)', str(e))  # the weights_only unpickler names what it refused to call
+        if needs is None:  # not a pickle at all (torch's long message says only that weights_only failed)
+            raise bad(f'is truncated or corrupt (not a torch checkpoint): {again}') from None
+        raise bad(f'is a pickle that needs code to load ({needs[1]}); torch.load(weights_only=True) refused it and '
+                  f'ran none of it: use the published model.ckpt or model.safetensors') from None
+    except Exception as e:  # safetensors' and torch's errors for a cut or damaged file have no common type
+        reason = str(e).splitlines()[0] if str(e) else 'ends early'
+        raise bad(f'is truncated or corrupt ({type(e).__name__}: {reason}): {again}') from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise bad("holds no {'state_dict': {name: tensor}}, the layout stable_audio_tools exports: "
+                  "use the published model.ckpt or model.safetensors")
+    return state
+
+
+def load_weights(model, state, ckpt_path, config_path):
+    """Copy `state` into `model` if it holds exactly the model's tensors (every parameter and persistent buffer,
+    same names and shapes, nothing else); otherwise CodecCheckpointError with the counts and one example each.
+    Non-persistent buffers (the training FSQ's level tables) are computed from the config, never saved."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    extra = [k for k in state if k not in own]
+    if missing or reshaped or extra:
+        problems = [f'{len(missing)} of the model\'s {len(own)} tensors missing (e.g. {missing[0]})'] if missing else []
+        if reshaped:
+            k = reshaped[0]
+            problems.append(f'{len(reshaped)} of another shape (e.g. {k}: {list(state[k].shape)} in the file, '
+                            f'{list(own[k].shape)} in the model)')
+        if extra:
+            problems.append(f'{len(extra)} not in the model (e.g. {extra[0]})')
+        raise CodecCheckpointError(f'codec checkpoint {ckpt_path} does not fit the model of {config_path}: '
+                                   f'{", ".join(problems)}. Fix: pass the model_config.json that came with this '
+                                   f'checkpoint, or download both again: {DOWNLOAD}')
+    model.load_state_dict(state)  # strict: the check above is what it would refuse, said in one line
+
+
+# -----------------------------------------------------------------------------
+# the library's output: one place decides what a user sees
+
+_NOTED = set()  # notes already printed by this process: each is said once however many Codecs are built
+_NOISE = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)  # e.g. torch's weight_norm deprecation
+
+
+@contextlib.contextmanager
+def _library_output():
+    """Collect what stable_codec and stable_audio_tools print and warn while they are imported and build the model
+    (loading notices and flash-attn notices on stdout, deprecations from torch). Yields the list of warnings;
+    Codec turns the ones that matter into `note:` lines once the codec is built."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        yield caught
+
+
+def _note(message):
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(f'note: {message}', file=sys.stderr)
+
+# -----------------------------------------------------------------------------
 
 
 class Codec:
     """The real stable_codec.StableCodec with the 1x46656 preset. ckpt_path=None builds random weights from the
-    config (for tests with a small stand-in config), the same ones in every run."""
+    config (for tests with a small stand-in config), the same ones in every run. Any problem with the codec's files
+    is a CodecUnavailable (CodecCheckpointError for a bad file) whose message is one line."""
 
     def __init__(self, config_path=CONFIG_PATH, ckpt_path=CKPT_PATH, device='cpu'):
+        self.device = torch.device(device)
+        with _library_output() as caught:
+            self.codec = self._build(config_path, ckpt_path)
+            self.codec.to(self.device)
+            self.codec.device = self.device  # StableCodec places its post-hoc bottleneck there
+            self.codec.set_posthoc_bottleneck(PRESET)
+        stages = [q._levels.tolist() for q in self.codec.residual_fsq.quantizers]
+        assert stages == [[LEVELS] * DIMS], f'post-hoc bottleneck {PRESET} gave FSQ stages {stages}'
+
+        for w in caught:
+            if not issubclass(w.category, _NOISE):
+                _note(str(w.message).splitlines()[0])
+        # stable_audio_tools' own flash-attn notice goes to stdout among its other prints; this one is ours. With
+        # random weights (a test fixture) the tokens mean nothing anyway, so there is nothing to degrade.
+        if ckpt_path is not None and any(list(getattr(m, 'sliding_window', [-1, -1])) != [-1, -1]
+                                         and not getattr(m, 'use_fa_flash', False) for m in self.codec.model.modules()):
+            _note('Stable Codec without flash-attn on CUDA uses full instead of sliding-window attention: real '
+                  'weights give degraded audio and tokens that differ from a GPU run')
+
+    @staticmethod
+    def _build(config_path, ckpt_path):
+        """StableCodec on the CPU with the checkpoint's weights (or the random stand-in), or a one-line error."""
         problems, fixes = [], []
         try:
             StableCodec = _import_stable_codec()
@@ -187,17 +327,24 @@ class Codec:
         if problems:
             raise CodecUnavailable(f"Stable Codec unavailable: {'; '.join(problems)}. Fix: {' && '.join(fixes)}")
 
-        self.device = torch.device(device)
-        # random weights (no ckpt_path) are the same in every run: a test fixture's tokens must be reproducible
-        with contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # forked: the caller's random state is untouched
-            self.codec = StableCodec(model_config_path=config_path, ckpt_path=ckpt_path, device=self.device)
-        self.codec.set_posthoc_bottleneck(PRESET)
-        assert self.codec.sample_rate == SAMPLE_RATE and self.codec.model.downsampling_ratio == HOP
-        if any(list(getattr(m, 'sliding_window', [-1, -1])) != [-1, -1] and not getattr(m, 'use_fa_flash', False)
-               for m in self.codec.model.modules()):
-            warnings.warn('Stable Codec without flash-attn on CUDA uses full instead of sliding-window attention: '
-                          'real weights give degraded audio and tokens that differ from a GPU run', stacklevel=2)
+        config = read_config(config_path)
+        # no checkpoint yet: random weights, the same in every run (a test fixture's tokens must be reproducible),
+        # drawn in a forked RNG so the caller's random state is untouched
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                codec = StableCodec(model_config_path=config_path, ckpt_path=None, device=torch.device('cpu'))
+        except Exception as e:  # the config's own mistakes: a missing key, an unknown type, a bad value
+            reason = str(e).splitlines()[0] if str(e) else ''
+            raise CodecCheckpointError(f'stable_audio_tools cannot build a model from codec config {config_path} '
+                                       f'({type(e).__name__}: {reason}): pass the model_config.json that came with '
+                                       f'the checkpoint') from None
+        if config.get('sample_rate') != SAMPLE_RATE or getattr(codec.model, 'downsampling_ratio', 0) != HOP:
+            raise CodecCheckpointError(f'codec config {config_path} is not the {SAMPLE_RATE} Hz, {HOP} samples per '
+                                       f'token speech codec (stable-codec-speech-16k) this project uses')
+        if ckpt_path is not None:
+            load_weights(codec.model, read_state_dict(ckpt_path), ckpt_path, config_path)
+        return codec
 
     @torch.no_grad()
     def encode(self, waveforms, sample_rates):

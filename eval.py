@@ -42,7 +42,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from csv import DictWriter
 from dataclasses import asdict
 
@@ -280,9 +279,7 @@ def load_transcriber():
 
 def load_codec():
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch's weight_norm deprecation, inside stable_codec
-            return Codec(codec_config, codec_ckpt or None, device)
+        return Codec(codec_config, codec_ckpt or None, device)
     except CodecUnavailable as e:
         fail(str(e))
 

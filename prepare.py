@@ -43,7 +43,6 @@ import shutil
 import signal
 import sys
 import time
-import warnings
 from collections import Counter, namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
@@ -326,15 +325,10 @@ def hash_fraction(uid):
 device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 torch.manual_seed(0)  # random fixture weights are the same in every run (and so are their tokens)
 torch.backends.cudnn.deterministic = True  # the same tokens when a resumed run re-encodes a chunk
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    try:
-        codec = stable_codec.Codec(codec_config, codec_ckpt or None, device)
-    except stable_codec.CodecUnavailable as e:
-        fail(str(e))
-for w in caught:
-    if "flash-attn" in str(w.message):
-        print(f"warning: {w.message}", file=sys.stderr)
+try:  # a bad config or checkpoint is one line here, before anything is written; codec.py prints its own notes
+    codec = stable_codec.Codec(codec_config, codec_ckpt or None, device)
+except stable_codec.CodecUnavailable as e:
+    fail(str(e))
 
 # 2. the plan: every utterance, checked from its header, sorted by duration so batches need little padding
 readers = {"ljspeech": read_ljspeech, "libritts": read_libritts, "jsonl": read_jsonl}

@@ -4,9 +4,12 @@ the codec is built with random weights from a tiny stand-in config of the real a
 (tests/fixtures/tiny_stable_codec_config.json): that checks the glue (rate, padding, lengths, token range, list
 form, loudness, id layout), not audio quality.
 """
+import contextlib
 import importlib.util
+import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import warnings
@@ -14,6 +17,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+from conftest import run
+from test_cli import one_line_error
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import codec  # noqa: E402
@@ -26,9 +32,7 @@ needs_stable_codec = pytest.mark.skipif(importlib.util.find_spec('stable_codec')
 @pytest.fixture(scope='module')
 def tiny():
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # flash-attn and weight_norm notices
-        return codec.Codec(TINY_CONFIG, ckpt_path=None)
+    return codec.Codec(TINY_CONFIG, ckpt_path=None)
 
 
 def noise(samples, channels=None, scale=0.05, seed=0):
@@ -158,9 +162,209 @@ def test_random_weights_are_the_same_in_every_run(tiny):
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        again = codec.Codec(TINY_CONFIG, ckpt_path=None)
+    again = codec.Codec(TINY_CONFIG, ckpt_path=None)
     assert torch.equal(torch.rand(3), before)
     clip = noise(8000)
     assert torch.equal(again.encode([clip], 16000)[0], tiny.encode([clip], 16000)[0])
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: genuine ones load every tensor, anything else is one line
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    """A tiny codec whose weights differ from the random stand-in's, saved in the layouts of the published files
+    (stable_audio_tools' export_model): model.safetensors by safetensors' save_model, model.ckpt as
+    {'state_dict': model.state_dict()}. Returns (folder, that codec)."""
+    from safetensors.torch import save_model
+    source = codec.Codec(TINY_CONFIG, ckpt_path=None)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in source.codec.model.parameters():
+            p.mul_(1 + 0.5 * torch.randn(p.shape, generator=generator))
+    folder = tmp_path_factory.mktemp('codec')
+    save_model(source.codec.model, str(folder / 'model.safetensors'))
+    torch.save({'state_dict': source.codec.model.state_dict()}, folder / 'model.ckpt')
+    return folder, source
+
+
+def refused(ckpt, *needles, config=TINY_CONFIG):
+    with pytest.raises(codec.CodecCheckpointError) as e:
+        codec.Codec(config, str(ckpt))
+    message = str(e.value)
+    assert '\n' not in message and isinstance(e.value, codec.CodecUnavailable), message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+@needs_stable_codec
+@pytest.mark.parametrize('name', ['model.safetensors', 'model.ckpt'])
+def test_genuine_checkpoint_loads_every_tensor(saved, tiny, name):
+    folder, source = saved
+    loaded = codec.Codec(TINY_CONFIG, str(folder / name))
+    clip = noise(16000)
+    tokens = loaded.encode([clip], 16000)[0]
+    assert torch.equal(tokens, source.encode([clip], 16000)[0])
+    assert not torch.equal(tokens, tiny.encode([clip], 16000)[0])  # the file's weights, not the random stand-in's
+    assert np.array_equal(loaded.decode(tokens)[0], source.decode(tokens)[0])
+    levels = [q._levels.tolist() for q in loaded.codec.residual_fsq.quantizers]
+    assert levels == [[6] * 6]  # the post-hoc bottleneck: one stage of 6 dimensions x 6 levels
+
+
+def edited(state, how):
+    state = dict(state)
+    key = 'encoder.layers.0.bias'
+    if how == 'renamed':
+        state['encoder.layers.0.bias_renamed'] = state.pop(key)
+    elif how == 'reshaped':
+        state[key] = torch.zeros(3)
+    else:  # an extra tensor: a deeper model's layer, say
+        state['decoder.layers.9.weight'] = torch.zeros(2)
+    return state
+
+
+@needs_stable_codec
+@pytest.mark.parametrize('how,needles', [
+    ('renamed', ["1 of the model's", 'tensors missing (e.g. encoder.layers.0.bias)', '1 not in the model']),
+    ('reshaped', ['1 of another shape (e.g. encoder.layers.0.bias: [3] in the file, [128] in the model)']),
+    ('extra', ['1 not in the model (e.g. decoder.layers.9.weight)']),
+])
+def test_checkpoint_of_another_model_is_refused(saved, tmp_path, how, needles):
+    folder, source = saved
+    state = edited(source.codec.model.state_dict(), how)
+    torch.save({'state_dict': state}, tmp_path / 'model.ckpt')
+    message = refused(tmp_path / 'model.ckpt', *needles, 'does not fit the model of', 'model_config.json')
+    assert message.startswith(f"codec checkpoint {tmp_path / 'model.ckpt'} ")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / 'model.safetensors'))
+    refused(tmp_path / 'model.safetensors', *needles)
+
+
+class Hostile:
+    """Unpickling this runs os.mkdir(marker): a stand-in for any code a pickle can carry."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@needs_stable_codec
+@pytest.mark.parametrize('kind,needles', [
+    ('truncated.ckpt', ['is truncated or corrupt', 'download it again']),
+    ('truncated.safetensors', ['is truncated or corrupt (SafetensorError', 'download it again']),
+    ('not_a_checkpoint.ckpt', ['is truncated or corrupt (not a torch checkpoint)']),
+    ('empty.ckpt', ['is empty (0 bytes)', 'hf download stabilityai/stable-codec-speech-16k']),
+    ('lfs.safetensors', ['is a Git LFS pointer, not the weights: run git lfs pull', 'hf download']),
+    ('bare_state_dict.ckpt', ["holds no {'state_dict'"]),
+    ('hostile.ckpt', ['is a pickle that needs code to load (posix.mkdir)', 'weights_only=True', 'ran none of it']),
+    ('hostile.pkl', ['is a pickle that needs code to load (posix.mkdir)']),
+])
+def test_unreadable_checkpoint_is_one_line(saved, tmp_path, kind, needles):
+    folder, source = saved
+    path, marker = tmp_path / kind, str(tmp_path / 'code_ran')
+    if kind.startswith('truncated'):
+        path.write_bytes((folder / ('model' + os.path.splitext(kind)[1])).read_bytes()[:5000])
+    elif kind == 'not_a_checkpoint.ckpt':
+        path.write_text('{"sample_rate": 16000}')
+    elif kind == 'empty.ckpt':
+        path.write_bytes(b'')
+    elif kind == 'lfs.safetensors':  # what a clone without git-lfs holds in place of the weights
+        path.write_text('version https://git-lfs.github.com/spec/v1\n'
+                        'oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 38392864\n')
+    elif kind == 'bare_state_dict.ckpt':
+        torch.save(source.codec.model.state_dict(), path)
+    elif kind == 'hostile.ckpt':
+        torch.save({'state_dict': {'encoder.layers.0.bias': Hostile(marker)}}, path)
+    else:
+        path.write_bytes(pickle.dumps(Hostile(marker), protocol=2))  # torch.save's protocol
+    refused(path, *needles, str(path))
+    if kind.startswith('hostile'):
+        assert not os.path.exists(marker)  # refused unread: nothing in it ran
+        with contextlib.suppress(Exception):  # what an unguarded load does: the file is really hostile
+            torch.load(path, weights_only=False)
+        assert os.path.exists(marker)
+
+
+@needs_stable_codec
+@pytest.mark.parametrize('text,needles', [
+    ('{"model_type": "autoencoder",', ['is not JSON (Expecting', 'model_config.json']),
+    ('[1, 2]', ['is JSON but not an object']),
+    ('{"model_type": "autoencoder", "sample_rate": 16000}', ["cannot build a model", "(KeyError: 'model')"]),
+    ('{"model_type": "diffusion_uncond_typo", "sample_rate": 16000}', ['(NotImplementedError: Unknown model type']),
+    ('RATE', ['is not the 16000 Hz, 640 samples per token speech codec']),
+])
+def test_bad_config_is_one_line(saved, tmp_path, text, needles):
+    folder, _ = saved
+    config = tmp_path / 'model_config.json'
+    if text == 'RATE':  # builds, but is not the speech codec at 16 kHz
+        text = json.dumps(dict(json.load(open(TINY_CONFIG)), sample_rate=44100))
+    config.write_text(text)
+    with pytest.raises(codec.CodecCheckpointError) as e:
+        codec.Codec(str(config), str(folder / 'model.ckpt'))
+    message = str(e.value)
+    assert '\n' not in message and str(config) in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+@needs_stable_codec
+def test_one_note_and_no_library_noise(saved, capfd, monkeypatch):
+    """Building a codec lets no warning or print of the libraries through: only codec.py's note that this machine
+    lacks flash-attn, once per process however many codecs are built, and none for the random stand-in."""
+    folder, _ = saved
+    monkeypatch.setattr(codec, '_NOTED', set())
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        codec.Codec(TINY_CONFIG, None)
+        assert capfd.readouterr() == ('', '')
+        for name in ('model.ckpt', 'model.safetensors'):
+            loaded = codec.Codec(TINY_CONFIG, str(folder / name))
+    out, err = capfd.readouterr()
+    assert not caught and out == ''
+    flash = any(getattr(m, 'use_fa_flash', False) for m in loaded.codec.model.modules())
+    assert err.splitlines() == ([] if flash else [
+        'note: Stable Codec without flash-attn on CUDA uses full instead of sliding-window attention: real weights '
+        'give degraded audio and tokens that differ from a GPU run'])
+
+# -----------------------------------------------------------------------------
+# the same through prepare.py: one `error:` line, nothing written
+
+
+@needs_stable_codec
+@pytest.mark.parametrize('cause,needles', [
+    ('truncated', ['is truncated or corrupt']),
+    ('empty', ['is empty (0 bytes)']),
+    ('lfs', ['is a Git LFS pointer']),
+    ('hostile', ['is a pickle that needs code to load']),
+    ('other_model', ['does not fit the model of']),
+    ('config', ['is not JSON']),
+])
+def test_prepare_refuses_a_bad_codec_in_one_line(saved, tmp_path, cause, needles):
+    sf = pytest.importorskip('soundfile')
+    folder, source = saved
+    sf.write(tmp_path / 'hello.wav', noise(16000), 16000)
+    (tmp_path / 'manifest.jsonl').write_text(json.dumps({'audio': 'hello.wav', 'text': 'Hello.'}) + '\n')
+    ckpt, config = tmp_path / 'model.ckpt', TINY_CONFIG
+    if cause == 'truncated':
+        ckpt.write_bytes((folder / 'model.ckpt').read_bytes()[:5000])
+    elif cause == 'empty':
+        ckpt.write_bytes(b'')
+    elif cause == 'lfs':
+        ckpt.write_text('version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n')
+    elif cause == 'hostile':
+        torch.save({'state_dict': {'x': Hostile(str(tmp_path / 'code_ran'))}}, ckpt)
+    elif cause == 'other_model':
+        torch.save({'state_dict': edited(source.codec.model.state_dict(), 'reshaped')}, ckpt)
+    else:
+        ckpt = folder / 'model.ckpt'
+        config = tmp_path / 'model_config.json'
+        config.write_text('not json')
+    proc = run('prepare.py', '--dataset=mine', f'--input={tmp_path / "manifest.jsonl"}', f'--out_dir={tmp_path}/out',
+               f'--codec_config={config}', f'--codec_ckpt={ckpt}', '--device=cpu', cwd=tmp_path, check=False)
+    one_line_error(proc, *needles)
+    assert proc.stderr.startswith('error: ')
+    assert not os.path.exists(tmp_path / 'out') and not os.path.exists(tmp_path / 'code_ran')
