@@ -115,6 +115,47 @@ def preprocess(wav, sample_rate):
         x = soxr.resample(x, sample_rate, SAMPLE_RATE)
     return normalize_loudness(x)
 
+
+
+def load_audio(path, sr=SAMPLE_RATE, format=None):
+    """
+    An audio file -> mono float32 at sr (channels averaged, soxr's resampler, as preprocess): the one reader of
+    sample.py, eval.py and prepare.py. WAV, FLAC, OGG, MP3 through soundfile; anything else FFmpeg reads through
+    PyAV (requirements-eval.txt), and format='g722' for raw G.722. Raises ValueError with a one-line reason.
+    """
+    import soundfile
+    import soxr
+    if format is None:
+        try:
+            wav, file_sr = soundfile.read(path, dtype='float32', always_2d=True)
+        except soundfile.LibsndfileError:
+            pass  # not a format libsndfile knows: FFmpeg's turn
+        except OSError as e:  # missing or unreadable file
+            raise ValueError(e.strerror or str(e)) from None
+        else:
+            wav = wav.mean(axis=1)
+            return wav if file_sr == sr else soxr.resample(wav, file_sr, sr).astype(np.float32)
+    try:
+        import av
+    except ImportError:
+        raise ValueError('not a format soundfile reads, and PyAV, which reads the rest, is not installed '
+                         '(pip install av)') from None
+    try:
+        resampler = av.AudioResampler(format='flt', layout='mono', rate=sr)
+        chunks = []
+        with av.open(path, format=format) as f:
+            for frame in f.decode(audio=0):
+                chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(frame)]
+        chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]  # flush
+    except Exception as e:  # FFmpeg's errors for a file that is not audio
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def rms_db(x):
+    """Loudness of a clip as RMS in dB full scale (-200 for digital silence): what counts as silent is below -60."""
+    return 10 * math.log10(max(float(np.mean(np.square(x, dtype=np.float64))), 1e-20))
+
 # -----------------------------------------------------------------------------
 # importing stable_codec without its training dependencies
 

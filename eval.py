@@ -49,7 +49,7 @@ import jiwer
 import numpy as np
 
 import speech_metrics as sm
-from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable
+from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable, load_audio
 from common import check_device, default_device, fail, skip_line, skip_summary
 from data import CheckpointError, Shards, load_model
 from generate import Sampling, SpeechMissing, synthesize
@@ -223,11 +223,9 @@ def read_audio(path):
     if not os.path.exists(path):
         raise ValueError(("missing audio", path))
     try:
-        return sm.load_audio(path, format="g722" if path.endswith(".g722") else None)
-    except sm.MetricUnavailable as e:  # PyAV missing: not the file's fault
-        fail(str(e))
-    except Exception as e:  # FFmpeg's or libsndfile's errors for a file that isn't audio
-        raise ValueError(("unreadable", str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
+        return load_audio(path, format="g722" if path.endswith(".g722") else None)
+    except ValueError as e:
+        raise ValueError(("unreadable", str(e))) from None
 
 
 def load_items():

@@ -115,7 +115,6 @@ if not 0 < val_fraction < 1 or not 0 <= min_seconds < max_seconds or min(batch_s
     fail("need 0 < val_fraction < 1, 0 <= min_seconds < max_seconds, and batch_size, chunk_size, workers >= 1")
 
 import soundfile as sf  # noqa: E402  (the synthetic corpus needs none of these)
-import soxr  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -235,17 +234,16 @@ def load(u):
 
 
 def read_audio(u):
-    x, sr = sf.read(u.audio, dtype="float32", always_2d=True)
+    x = stable_codec.load_audio(u.audio)  # the same downmix and resampler as codec.preprocess, which then normalises
     if not np.isfinite(x).all():
         return Skip(u.name, "unreadable", "samples that are not finite numbers")
-    x = x.mean(axis=1)  # the same downmix and resampler as codec.preprocess, which then only normalises loudness
-    skip = check_duration(u, len(x) / sr)
+    skip = check_duration(u, len(x) / stable_codec.SAMPLE_RATE)
     if skip:
         return skip
-    rms_db = 10 * math.log10(max(float(np.mean(np.square(x, dtype=np.float64))), 1e-20))
-    if rms_db < silence_db:
-        return Skip(u.name, "silent", f"RMS {rms_db:.0f} dB < silence_db={silence_db:g}")
-    return x if sr == stable_codec.SAMPLE_RATE else soxr.resample(x, sr, stable_codec.SAMPLE_RATE)
+    loudness = stable_codec.rms_db(x)
+    if loudness < silence_db:
+        return Skip(u.name, "silent", f"RMS {loudness:.0f} dB < silence_db={silence_db:g}")
+    return x
 
 
 # -----------------------------------------------------------------------------

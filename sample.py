@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from codec import CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecUnavailable, StreamingDecoder
+from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecUnavailable, StreamingDecoder, load_audio,
+                   rms_db)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step, synthesize
@@ -72,17 +73,15 @@ def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
         if len(ids) == 0 or ids.min() < 0 or ids.max() >= N_AUDIO:
             raise ValueError(f"--prompt_tokens {prompt_tokens} must hold Stable Codec ids 0..{N_AUDIO - 1}")
         return prompt_text.strip().encode(), ids
-    import soundfile as sf
-
     try:
-        wav, sr = sf.read(prompt_audio, dtype="float32")
-    except Exception as e:  # soundfile raises several types for missing, empty or corrupt files
-        raise ValueError(f"cannot read --prompt_audio {prompt_audio}: {str(e).splitlines()[0]}") from None
-    if len(wav) < 0.5 * sr:
+        wav = load_audio(prompt_audio)
+    except ValueError as e:
+        raise ValueError(f"cannot read --prompt_audio {prompt_audio}: {e}") from None
+    if len(wav) < 0.5 * SAMPLE_RATE:
         raise ValueError(f"--prompt_audio {prompt_audio} is shorter than 0.5 s; use 3 to 10 s of clean speech")
-    if not np.isfinite(wav).all() or np.sqrt(np.mean(np.square(wav, dtype=np.float64))) < 1e-3:  # below -60 dBFS
+    if not np.isfinite(wav).all() or rms_db(wav) < -60:  # where prepare.py's silence_db skips a clip
         raise ValueError(f"--prompt_audio {prompt_audio} is silent (or not finite); use 3 to 10 s of clean speech")
-    tokens, lengths = codec_loader().encode([wav], [sr])
+    tokens, lengths = codec_loader().encode([wav], [SAMPLE_RATE])
     return prompt_text.strip().encode(), tokens[0, : int(lengths[0])].cpu().numpy()
 
 

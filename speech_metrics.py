@@ -31,7 +31,9 @@ import warnings
 
 import numpy as np
 
-from codec import SAMPLE_RATE as SR  # the codec's rate; Whisper, DNSMOS and resemblyzer all work at 16 kHz too
+# the codec's rate and its audio reader, the one every script uses; Whisper, DNSMOS and resemblyzer work at 16 kHz too
+from codec import SAMPLE_RATE as SR
+from codec import load_audio
 ASTERISK_DIR = '/usr/share/asterisk/sounds/en_US_f_Allison'
 ASTERISK_TEXT = '/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz'
 
@@ -233,29 +235,6 @@ def dnsmos(wav, sr=SR, full=False):
 
 # -----------------------------------------------------------------------------
 # real recorded speech: the Asterisk prompts (one professional speaker, G.722 at 16 kHz, CC-BY-SA-3.0)
-
-def load_audio(path, sr=SR, format=None):
-    """Decode an audio file to mono float32 at sr: WAV, FLAC, OGG, MP3 with soundfile (a core requirement), anything
-    else FFmpeg reads with PyAV; format='g722' for raw G.722."""
-    if format is None:
-        import soundfile
-        try:
-            wav, file_sr = soundfile.read(path, dtype='float32', always_2d=True)
-        except soundfile.LibsndfileError:
-            pass  # not a format libsndfile knows: FFmpeg's turn
-        else:
-            import soxr
-            wav = wav.mean(axis=1)
-            return wav if file_sr == sr else soxr.resample(wav, file_sr, sr).astype(np.float32)
-    av = _need('av', 'pip install av')
-    resampler = av.AudioResampler(format='flt', layout='mono', rate=sr)
-    chunks = []
-    with av.open(path, format=format) as f:
-        for frame in f.decode(audio=0):
-            chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(frame)]
-    chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]  # flush
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-
 
 @functools.lru_cache(maxsize=1)
 def _asterisk_transcripts():
