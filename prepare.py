@@ -82,9 +82,17 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator
 
 out_dir = out_dir or os.path.join("data", dataset)
 t0 = time.time()
+# every check fails before anything is written: a mistake costs one line, and leaves no half-made folder behind
+existing = os.path.abspath(out_dir)
+while not os.path.exists(existing):  # the folder, or the nearest one above it that exists, which makedirs builds on
+    existing = os.path.dirname(existing)
+if not os.path.isdir(existing):
+    fail(f"--out_dir={out_dir}: {existing} is a file; give a folder for the shards")
 if dataset == "synthetic" and not input:
     if n_train < 1 or n_val < 1:
-        fail("--n_train and --n_val must be at least 1")
+        fail(f"--n_train={n_train} and --n_val={n_val}: both must be at least 1")
+    if max_sentences < 1:
+        fail(f"--max_sentences={max_sentences}: use 1 or more (2 teaches continuation)")
     if not 0 <= multi_share <= 1:
         fail(f"--multi_share={multi_share} is a share: use a value from 0 to 1")
     train, val, speakers = synthetic_corpus(seed, n_train, n_val, max_sentences, multi_share)

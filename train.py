@@ -171,7 +171,8 @@ for split, shards in (("train", train_data), ("val", val_data)):
     if master_process and len(rows) < len(shards):
         print(f"{split}: skipping {len(shards) - len(rows)} of {len(shards)} utterances longer than block_size")
     splits[split] = (shards, rows)
-if master_process:
+if master_process:  # only now, so a run that fails on its settings or its data leaves nothing behind
+    os.makedirs(out_dir, exist_ok=True)
     print(f"each iteration: {gradient_accumulation_steps * ddp_world_size * batch_size} "
           f"{f'rows of {block_size} tokens' if packing else 'utterances'} ({gradient_accumulation_steps} micro-steps "
           f"x {ddp_world_size} processes x {batch_size})")

@@ -24,6 +24,15 @@ def run(script, *args, cwd, check=True, env=None):
     return proc
 
 
+def one_line_error(proc, *needles):
+    """A user's mistake: a non-zero exit and one stderr line, "error: ...", holding each needle; no traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
 def read_log(out_dir):
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]

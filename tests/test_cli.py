@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, one_line_error, run
 
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 
@@ -62,13 +62,6 @@ def test_eval_continued_scores_second_sentences(trained, tmp_path):
         assert (result[f"{name}_wrong"] == 0) == (result[f"{name}_cer"] == 0)
     one_line_error(run("eval.py", f"--out_dir={out_dir}", "--continued=True", check=False, cwd=work),
                    "no two-sentence utterances", "--max_sentences=2")
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr
 
 
 def test_bad_input_gets_one_line_errors(trained, tmp_path):

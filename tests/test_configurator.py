@@ -5,8 +5,7 @@ import os
 import textwrap
 
 import pytest
-from conftest import ROOT, run
-from test_cli import one_line_error
+from conftest import ROOT, one_line_error, run
 
 
 @pytest.mark.parametrize("script,args,needles", [

@@ -1,10 +1,15 @@
 """data.py: the shard format, training batches (bucketed and packed), the synthetic corpus and its exact recogniser."""
 
 import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
-from data import Shards, get_batch, get_packed_batch, length_sorted_rows, utterance_stream, write_meta, write_split
+from conftest import ROOT, one_line_error, run
+from data import (CorpusError, Shards, get_batch, get_packed_batch, length_sorted_rows, utterance_stream, write_meta,
+                  write_split)
 from synthetic import SyntheticSpeech, synthetic_corpus
 from model import EOA, N_AUDIO, PAD, SOA, TEXT_OFFSET
 
@@ -16,7 +21,11 @@ def test_shard_round_trip(tmp_path):
     write_split(tmp_path, "val", utts[:1])
     write_meta(tmp_path, {"dataset": "test", "speakers": ["a", "b"], "splits": {"train": stats}})
     shards = Shards(tmp_path, "train")
-    assert len(shards) == 3 and stats == {"utterances": 3, "text_bytes": 6 + 15, "audio_tokens": 33}
+    assert len(shards) == 3 and shards.verified
+    assert {k: stats[k] for k in ("utterances", "text_bytes", "audio_tokens")} == {"utterances": 3,
+                                                                                   "text_bytes": 6 + 15,
+                                                                                   "audio_tokens": 33}
+    assert sorted(stats["sha256"]) == ["train.audio.bin", "train.index.npy", "train.text.bin"]
     for (text, audio, spk), got in zip(utts, (shards[i] for i in range(3))):
         assert got[0] == text and np.array_equal(got[1], audio) and got[2] == spk
     assert shards.audio.dtype == np.uint16 and shards.text.dtype == np.uint8
@@ -25,8 +34,8 @@ def test_shard_round_trip(tmp_path):
 
 def test_batch_targets_are_audio_and_eoa_only(tmp_path):
     train, val, speakers = synthetic_corpus(0, 50, 5)
-    write_split(tmp_path, "train", train)
-    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers})
+    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers,
+                          "splits": {"train": write_split(tmp_path, "train", train)}})
     shards = Shards(tmp_path, "train")
     x, y, anchor = get_batch(shards, np.arange(len(shards)), 8, np.random.default_rng(0))
     assert (anchor == -1).all()  # one sentence each: nothing to anchor
@@ -42,8 +51,8 @@ def test_batch_targets_are_audio_and_eoa_only(tmp_path):
 
 def test_packed_batch_holds_whole_utterances_with_little_padding(tmp_path):
     train, _, speakers = synthetic_corpus(0, 300, 1)
-    write_split(tmp_path, "train", train)
-    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers})
+    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers,
+                          "splits": {"train": write_split(tmp_path, "train", train)}})
     shards = Shards(tmp_path, "train")
     rows = length_sorted_rows(shards, 256)
     streams = {tuple(utterance_stream(text, audio)) for text, audio, *_ in train}
@@ -127,8 +136,8 @@ def test_multi_share_sets_how_many_utterances_continue():
 
 def test_anchors_mark_where_the_last_sentence_starts(tmp_path):
     train, _, speakers = synthetic_corpus(5, 200, 1, max_sentences=2)
-    write_split(tmp_path, "train", train)
-    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers})
+    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers,
+                          "splits": {"train": write_split(tmp_path, "train", train)}})
     shards = Shards(tmp_path, "train")
     rows = np.arange(len(shards))
     x, _, anchor = get_batch(shards, rows, len(rows), np.random.default_rng(0))
@@ -150,9 +159,155 @@ def test_anchors_mark_where_the_last_sentence_starts(tmp_path):
 
 def test_v1_shards_read_as_utterances_without_borders(tmp_path):
     train, _, speakers = synthetic_corpus(5, 20, 1, max_sentences=2)
-    write_split(tmp_path, "train", train)
-    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers, "format": "dirt-shards-v1"})
+    stats = write_split(tmp_path, "train", train)
+    del stats["sha256"]  # v1 had no checksums
+    write_meta(tmp_path, {"dataset": "synthetic", "speakers": speakers, "format": "dirt-shards-v1",
+                          "splits": {"train": stats}})
     np.save(tmp_path / "train.index.npy", np.load(tmp_path / "train.index.npy")[:, :5])
     shards = Shards(tmp_path, "train")
     assert shards.index.shape == (20, 7) and (shards.index[:, 5:] == 0).all()
     assert shards[3][0] == train[3][0] and shards.anchor(3) is None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a corrupt corpus stops with one line naming the file, never trains in silence
+
+
+def small_corpus(folder, checksums=True):
+    """A train and a val split of the synthetic corpus, written as prepare.py writes them (or as before checksums)."""
+    train, val, speakers = synthetic_corpus(0, 30, 10)
+    splits = {"train": write_split(folder, "train", train), "val": write_split(folder, "val", val)}
+    for stats in splits.values():
+        if not checksums:
+            del stats["sha256"]
+    write_meta(folder, {"dataset": "synthetic", "speakers": speakers, "splits": splits})
+    return folder
+
+
+def cut(path, n):
+    path.write_bytes(path.read_bytes()[:-n])
+
+
+def flip_middle(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4] = bytes(b ^ 0xFF for b in data[middle:middle + 4])
+    path.write_bytes(data)
+
+
+def edit_index(path, edit):
+    index = np.load(path)
+    np.save(path, edit(index))
+
+
+def offset_out_of_range(index):
+    index[3, 2] += 10 ** 6  # audio_start
+    return index
+
+
+# cause -> (how it corrupts a corpus folder, what the one line says). The val split, which eval.py reads too
+CORRUPTIONS = {
+    "truncated text.bin": (lambda d: cut(d / "val.text.bin", 5), "val.text.bin is truncated"),
+    "truncated audio.bin": (lambda d: cut(d / "val.audio.bin", 10), "val.audio.bin is truncated"),
+    "flipped audio bytes": (lambda d: flip_middle(d / "val.audio.bin"), "val.audio.bin does not match its sha256"),
+    "offset out of range": (lambda d: edit_index(d / "val.index.npy", offset_out_of_range),
+                            "val.index.npy: utterance 3's audio ends at"),
+    "index of the wrong shape": (lambda d: edit_index(d / "val.index.npy", lambda i: i[:, :6]),
+                                 "val.index.npy holds an array of shape ("),
+    "corrupt meta.json": (lambda d: (d / "meta.json").write_text('{"format": "dirt-shards-v2", "spl'),
+                          "meta.json is not valid JSON"),
+    "missing file": (lambda d: (d / "val.audio.bin").unlink(), "val.audio.bin is missing"),
+}
+
+
+def assert_corpus_error(folder, split, *needles):
+    with pytest.raises(CorpusError) as e:
+        Shards(folder, split)
+    message = str(e.value)
+    assert isinstance(e.value, ValueError) and "\n" not in message and "re-run prepare.py" in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.mark.parametrize("cause", CORRUPTIONS)
+def test_each_corruption_is_one_line_naming_the_file(tmp_path, cause):
+    corrupt, needle = CORRUPTIONS[cause]
+    corrupt(small_corpus(tmp_path))
+    assert_corpus_error(tmp_path, "val", os.path.join(tmp_path, needle))  # the file, by its whole path
+
+
+@pytest.mark.parametrize("meta,needle", [
+    (b"\xff\xfe\x00 not text", "meta.json is not valid JSON"),
+    (b"[1, 2]", "meta.json is not a Dirt meta.json (a JSON list, not an object)"),
+    (b'{"format": "dirt-shards-v2"}', 'meta.json has no "splits" object'),
+    (b'{"format": "dirt-shards-v9", "splits": {}}', "meta.json has format 'dirt-shards-v9'"),
+    (b'{"format": "dirt-shards-v2", "splits": {"train": {}}}', "meta.json lists no 'val' split"),
+])
+def test_meta_json_errors_name_it(tmp_path, meta, needle):
+    (small_corpus(tmp_path) / "meta.json").write_bytes(meta)
+    assert_corpus_error(tmp_path, "val", needle)
+
+
+@pytest.mark.parametrize("corrupt,needle", [
+    (lambda d: (d / "train.audio.bin").write_bytes((d / "train.audio.bin").read_bytes() + b"\0\0"),
+     "train.audio.bin is longer than it should be"),
+    (lambda d: cut(d / "train.audio.bin", 1), "not a whole number of 2-byte ids"),
+    (lambda d: (d / "train.index.npy").write_bytes(b"\x93NUMPY garbage"), "train.index.npy is not a readable .npy"),
+    (lambda d: edit_index(d / "train.index.npy", lambda i: i.astype(np.float32)), "shape (30, 7) and type float32"),
+    (lambda d: edit_index(d / "train.index.npy", lambda i: i[:-1]), "has 29 utterances, "),
+    (lambda d: edit_index(d / "train.index.npy", lambda i: i * np.array([1, -1, 1, 1, 1, 1, 1])),
+     "utterance 0 has text_len -"),
+    (lambda d: edit_index(d / "train.index.npy", lambda i: i * np.array([1, 1, 1, 1, 9, 1, 1]) + [0, 0, 0, 0, 9, 0, 0]),
+     "has a border or speaker out of range"),
+    (lambda d: (d / "train.index.npy").unlink(), "train.index.npy is missing"),
+])
+def test_index_and_sizes_are_checked_against_each_other(tmp_path, corrupt, needle):
+    corrupt(small_corpus(tmp_path))
+    assert_corpus_error(tmp_path, "train", needle)
+
+
+def test_corpus_without_checksums_reads_with_one_note(tmp_path, capsys):
+    """Written before the checksums: read, noted once (not once per split), and still checked but for its bytes."""
+    small_corpus(tmp_path, checksums=False)
+    train, val = Shards(tmp_path, "train"), Shards(tmp_path, "val")
+    assert len(train) == 30 and len(val) == 10 and not train.verified and not val.verified
+    notes = capsys.readouterr().out.splitlines()
+    assert len(notes) == 1 and notes[0].startswith(f"note: {tmp_path} has no checksums"), notes
+    flip_middle(tmp_path / "val.audio.bin")
+    Shards(tmp_path, "val")  # its bytes are not hashed: flipped ones pass
+    cut(tmp_path / "val.audio.bin", 2)
+    assert_corpus_error(tmp_path, "val", "val.audio.bin is truncated")  # but its size is checked
+    assert not capsys.readouterr().out
+
+
+def test_corrupt_corpus_stops_train_and_eval_in_one_line(trained, tmp_path):
+    """Each cause through the command line: train.py and eval.py print one line, exit non-zero, and write nothing."""
+    work, out_dir = trained
+    before = {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)}
+    commands = []
+    for n, (cause, (corrupt, needle)) in enumerate(CORRUPTIONS.items()):
+        data = tmp_path / f"data{n}"
+        shutil.copytree(os.path.join(work, "data", "synthetic"), data)  # a copy: the shared corpus stays whole
+        corrupt(data)
+        commands += [(("train.py", os.path.join(ROOT, "config", "train_synthetic.py"), f"--data_dir={data}",
+                       "--max_iters=1", f"--out_dir={tmp_path}/out{n}"), needle),
+                     (("eval.py", f"--out_dir={out_dir}", f"--data_dir={data}", "--n=2"), needle)]
+    with ThreadPoolExecutor(2) as pool:  # two at a time: each spends most of its time importing torch
+        procs = list(pool.map(lambda c: run(*c[0], cwd=work, check=False), commands))
+    for (args, needle), proc in zip(commands, procs):
+        one_line_error(proc, needle, "re-run prepare.py")
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("out")]  # train.py made no out_dir
+    assert {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)} == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--out_dir=taken"], "--out_dir=taken: "),
+    (["--out_dir=taken/sub"], "--out_dir=taken/sub: "),
+    (["--out_dir=new", "--n_train=0"], "--n_train=0 and --n_val=500: both must be at least 1"),
+    (["--out_dir=new", "--max_sentences=0"], "--max_sentences=0: use 1 or more"),
+    (["--out_dir=new", "--max_sentences=2", "--multi_share=1.5"], "--multi_share=1.5 is a share"),
+])
+def test_prepare_fails_its_checks_before_writing_anything(tmp_path, args, needle):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    one_line_error(run("prepare.py", *args, cwd=tmp_path, check=False), needle)
+    assert sorted(os.listdir(tmp_path)) == ["taken"] and (tmp_path / "taken").read_text() == "a file, not a folder"

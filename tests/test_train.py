@@ -78,9 +78,9 @@ def test_real_speech_run_logs_a_spoken_sample(tmp_path):
         pytest.skip("needs the codec and matplotlib: bash setup.sh")
     rng = np.random.default_rng(0)
     utterances = [(b"hello there", rng.integers(0, 46656, 30), 0) for _ in range(20)]
-    write_split(tmp_path / "speech", "train", utterances)
-    write_split(tmp_path / "speech", "val", utterances[:2])
-    write_meta(tmp_path / "speech", {"dataset": "speech", "speakers": ["a"]})
+    splits = {"train": write_split(tmp_path / "speech", "train", utterances),
+              "val": write_split(tmp_path / "speech", "val", utterances[:2])}
+    write_meta(tmp_path / "speech", {"dataset": "speech", "speakers": ["a"], "splits": splits})
     fixture = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
     run("train.py", CONFIG, *TINY, "--data_dir=speech", "--max_iters=2", "--eval_interval=2", "--out_dir=out",
         f"--codec_config={fixture}", "--codec_ckpt=", cwd=tmp_path)
