@@ -46,6 +46,7 @@ VOCAB = LEVELS ** DIMS  # 46656
 TARGET_LUFS = -20.0  # the loudness the codec was trained at
 CONFIG_PATH = 'checkpoints/stable-codec/model_config.json'  # where `hf download` below puts the weights
 CKPT_PATH = 'checkpoints/stable-codec/model.ckpt'
+SAFETENSORS_PATH = 'checkpoints/stable-codec/model.safetensors'  # the same weights: either file is read
 
 INSTALL = 'pip install --no-deps -r requirements-codec.txt'
 DOWNLOAD = ('pip install huggingface_hub && hf auth login && hf download stabilityai/stable-codec-speech-16k '
@@ -334,6 +335,8 @@ class Codec:
 
     def __init__(self, config_path=CONFIG_PATH, ckpt_path=CKPT_PATH, device='cpu'):
         self.device = torch.device(device)
+        if ckpt_path == CKPT_PATH and not os.path.exists(ckpt_path):  # the default place: either published file
+            ckpt_path = SAFETENSORS_PATH if os.path.exists(SAFETENSORS_PATH) else ckpt_path
         with _library_output() as caught:
             self.codec = self._build(config_path, ckpt_path)
             self.codec.to(self.device)

@@ -306,20 +306,23 @@ def split_text(text, max_bytes, pack=True):
 
 
 class SpeechMissing(ValueError):
-    """A chunk of a text came back without its speech (check_speech); the message is one line with the fix."""
+    """A chunk of a text came back without its speech (missing_speech); the message is one line with the fix."""
 
 
-def check_speech(model, audio, chunks, k, spoken, i):
+RETRIES = 2  # times synthesize samples a chunk again that came back without its speech, before it gives up
+
+
+def missing_speech(model, audio, chunks, k, spoken, i):
     """
-    Raise SpeechMissing when chunk k of text i (chunks: all of that text's) ended without speech, or with under a
-    quarter of the frames its bytes need at the rate of the speech before it (its voice prompt and earlier chunks:
-    spoken, (text, audio) pairs). A model that has never heard speech continue after a finished sentence ends every
-    continuation at once, and a long text would come back as its first sentence alone.
+    Why chunk k of text i (chunks: all of that text's) is missing its speech, or "" when it is not: it ended without
+    speech, or with under a quarter of the frames its bytes need at the rate of the speech before it (its voice
+    prompt and earlier chunks: spoken, (text, audio) pairs). A model that has never heard speech continue after a
+    finished sentence ends every continuation at once, and a long text would come back as its first sentence alone.
     """
     said_text, said_audio = sum(len(t) for t, _ in spoken), sum(len(a) for _, a in spoken)
     rate = said_audio / said_text if said_text and said_audio else 0.0
     if len(audio) > 0 and len(audio) >= rate * len(chunks[k]) / 4:
-        return
+        return ""
     where = f"text {i + 1}" + (f", chunk {k + 1} of {len(chunks)}," if len(chunks) > 1 else "")
     got = f"{len(audio)} frames for {len(chunks[k])} bytes"
     got += f" (the speech before it: {rate:.2f} per byte)" if rate else ""
@@ -328,10 +331,11 @@ def check_speech(model, audio, chunks, k, spoken, i):
                "chunks, each continuing the last) need: train one that has, e.g. config/train_synthetic_prompts.py, "
                "or give texts short enough to be spoken whole")
     elif spoken:
-        fix = "the model stopped mid-text: try --best_of=4, a lower --temperature, or another --seed"
+        fix = (f"the model stopped mid-text {1 + RETRIES} times: try --best_of=4, a lower --temperature, or another "
+               "--seed")
     else:
-        fix = "the model said nothing: is it trained? try another --seed or --temperature"
-    raise SpeechMissing(f"{where} ended after {got}: {fix}")
+        fix = f"the model said nothing {1 + RETRIES} times: is it trained? try another --seed or --temperature"
+    return f"{where} ended after {got}: {fix}"
 
 
 def most_likely(scores, weakest=3):
@@ -363,8 +367,9 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     caps each chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
     on_token: streaming (one text only): called with each audio id as soon as it is sampled.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
-    strict: a chunk that ends without speech, or far sooner than the speech before it, raises SpeechMissing
-    (check_speech) instead of coming back short; eval.py scores short outputs as errors instead (strict=False).
+    strict: a chunk that ends without speech, or far sooner than the speech before it (missing_speech), is sampled
+    again, and after RETRIES more tries raises SpeechMissing instead of coming back short; strict=False keeps it
+    as it came (eval.py scores short outputs as the errors they are).
     """
     best_of = sampling.best_of
     if on_token is not None and (len(texts) != 1 or best_of != 1):
@@ -392,61 +397,73 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
         fits = 2 + len(voice_text) + len(voice_audio) + (1 + frames_per_byte) * len(text) <= block
         whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
         chunks.append([text] if whole else split_text(text, max_chunk, pack))  # a text that fits is not split
+    def speak(active, k):
+        """Chunk k of each text in active, in one batch: {text: (audio ids, its anchor, the most it could say)}."""
+        prompts, unconds, anchors = [], [], []
+        for i in active:
+            # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
+            # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a
+            # voice prompt does
+            room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
+            prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
+                                         (b"", empty))
+            text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
+            prompts += [make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))] * best_of
+            anchors += [len(prev_text) if len(prev_audio) else None] * best_of  # new speech starts at the space
+            unconds += [make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio))] * best_of
+        longest = max(len(p) for p in prompts)
+        max_new = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - longest)
+        if max_new < 1:
+            raise ValueError(f"text does not fit this model's block_size {block}")
+        args = dict(generator=generator, uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
+                    decode_step=decode_step, anchors=anchors)
+        if on_token is None:
+            audio = generate(model, prompts, max_new, sampling, **args)
+        else:  # streaming one text: hand each token on as soon as it is sampled
+            steps = []
+            for token in stream(model, prompts, max_new, sampling, **args):
+                if int(token[0]) == EOA:
+                    break
+                steps.append(int(token[0]))
+                on_token(steps[-1])
+            audio = [torch.tensor(steps, dtype=torch.long)]
+        if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
+            # a sample scores its end too (a run-on, a missing one), where the row has room for it
+            ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
+                    for p, a in zip(prompts, audio)]
+            scores = [[s] for s in token_logprobs(model, prompts, ends, anchors)]
+            # a continuation is read twice: after its prompt (does the voice carry on?) and after its own text
+            # alone (does it say that text from the first word? one that re-speaks the prompt's last "!", then
+            # skips a word, is likely after the prompt, not without it). Both readings halve the sentences said
+            # wrong against the first alone (docs/results.md)
+            rows = [j for j, a in enumerate(anchors) if a is not None]
+            no_audio = torch.zeros(0, dtype=torch.long)
+            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][k]), no_audio) for j in rows]
+            for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
+                scores[j].append(s)
+            audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
+        return {i: (a.cpu().numpy(), anchor, max_new) for i, a, anchor in zip(active, audio, anchors[::best_of])}
+
     outputs = [[] for _ in texts]
     order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
         for k in range(max(len(chunks[i]) for i in group)):
-            active = [i for i in group if k < len(chunks[i])]
-            prompts, unconds, anchors = [], [], []
-            for i in active:
-                # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or
-                # ran long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well,
-                # as a voice prompt does
-                room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
-                prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
-                                             (b"", empty))
-                text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
-                prompts += [make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))] * best_of
-                anchors += [len(prev_text) if len(prev_audio) else None] * best_of  # new speech starts at the space
-                unconds += [make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio))] * best_of
-            longest = max(len(p) for p in prompts)
-            max_new = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - longest)
-            if max_new < 1:
-                raise ValueError(f"text does not fit this model's block_size {block}")
-            args = dict(generator=generator, uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
-                        decode_step=decode_step, anchors=anchors)
-            if on_token is None:
-                audio = generate(model, prompts, max_new, sampling, **args)
-            else:  # streaming one text: hand each token on as soon as it is sampled
-                steps = []
-                for token in stream(model, prompts, max_new, sampling, **args):
-                    if int(token[0]) == EOA:
-                        break
-                    steps.append(int(token[0]))
-                    on_token(steps[-1])
-                audio = [torch.tensor(steps, dtype=torch.long)]
-            if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
-                # a sample scores its end too (a run-on, a missing one), where the row has room for it
-                ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
-                        for p, a in zip(prompts, audio)]
-                scores = [[s] for s in token_logprobs(model, prompts, ends, anchors)]
-                # a continuation is read twice: after its prompt (does the voice carry on?) and after its own text
-                # alone (does it say that text from the first word? one that re-speaks the prompt's last "!", then
-                # skips a word, is likely after the prompt, not without it). Both readings halve the sentences said
-                # wrong against the first alone (docs/results.md)
-                rows = [j for j, a in enumerate(anchors) if a is not None]
-                no_audio = torch.zeros(0, dtype=torch.long)
-                alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][k]), no_audio) for j in rows]
-                for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
-                    scores[j].append(s)
-                audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
-            for i, a, anchor in zip(active, audio, anchors[::best_of]):
-                a = a.cpu().numpy()
-                if strict and len(a) < max_new:
-                    check_speech(model, a, chunks[i], k, spoken[i], i)
-                outputs[i].append(a)
-                # a continuation speaks the space before its text too: as a prompt, its text must hold that space,
-                # or its audio runs a byte ahead of its text and the next chunk starts by repeating the end of it
-                spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], a))
+            todo = [i for i in group if k < len(chunks[i])]
+            # a chunk that comes back without its speech is sampled again (a slip), up to RETRIES times, then said
+            for attempt in range(1 + (RETRIES if strict and on_token is None else 0)):
+                said, todo = speak(todo, k), []
+                for i, (a, anchor, max_new) in said.items():
+                    problem = strict and len(a) < max_new and missing_speech(model, a, chunks[i], k, spoken[i], i)
+                    if problem and attempt < RETRIES and on_token is None:
+                        todo.append(i)
+                        continue
+                    if problem:
+                        raise SpeechMissing(problem)
+                    outputs[i].append(a)
+                    # a continuation speaks the space before its text too: as a prompt, its text must hold that
+                    # space, or its audio runs a byte ahead of its text and the next chunk repeats the end of it
+                    spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], a))
+                if not todo:
+                    break
     return [np.concatenate(o) if o else empty for o in outputs]

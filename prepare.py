@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from codec import CKPT_PATH, CONFIG_PATH, TOKENS_PER_SECOND
-from common import atomic_write, fail
+from common import atomic_write, check_device, fail, skip_line, skip_summary
 from data import write_meta, write_split
 from synthetic import synthetic_corpus
 
@@ -315,7 +315,7 @@ def read_part(path, items):
 
 
 def report(skip):
-    tqdm.write(f"skip {skip.name}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else ""))
+    tqdm.write(skip_line(skip.name, skip.reason, skip.detail))
 
 
 def is_val(uid):
@@ -329,7 +329,10 @@ def hash_fraction(uid):
 # -----------------------------------------------------------------------------
 # 1. the codec first, so a missing one fails before any work
 device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-torch.manual_seed(0)  # random fixture weights are the same in every run (and so are their tokens)
+try:
+    check_device(device)
+except ValueError as e:
+    fail(str(e))
 torch.backends.cudnn.deterministic = True  # the same tokens when a resumed run re-encodes a chunk
 try:  # a bad config or checkpoint is one line here, before anything is written; codec.py prints its own notes
     codec = stable_codec.Codec(codec_config, codec_ckpt or None, device)
@@ -423,8 +426,7 @@ for c, chunk in enumerate(chunks):
             kept.append((u.id, u.text.encode(), r, u.speaker))
 kept.sort(key=lambda k: k[0])
 skipped.sort(key=lambda s: (s.name, s.reason))
-counts = Counter(s.reason for s in skipped)
-summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+summary = skip_summary(s.reason for s in skipped)
 print(f"kept {len(kept):,} of {len(kept) + len(skipped):,} utterances" + (f"; skipped {summary}" if summary else ""))
 if len(kept) < 2:
     fail(f"need at least 2 usable utterances in {input}, found {len(kept)}")
@@ -447,7 +449,7 @@ save_atomic(os.path.join(out_dir, "skipped.tsv"),
 write_meta(out_dir, {"dataset": dataset, "speakers": speakers, "splits": stats,
                      "source": {"input": input, **settings},
                      "codec": {"config": codec_config, "checkpoint": codec_ckpt or "random weights (test fixture)"},
-                     "skipped": dict(sorted(counts.items()))})
+                     "skipped": dict(sorted(Counter(s.reason for s in skipped).items()))})
 shutil.rmtree(parts_dir)
 for split, s in stats.items():
     print(f"{split}: {s['utterances']:,} utterances, {s['text_bytes']:,} text bytes, {s['audio_tokens']:,} audio "

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecUnavailable, StreamingDecoder, load_audio,
-                   rms_db)
+from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecCheckpointError, CodecUnavailable,
+                   StreamingDecoder, load_audio, rms_db)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step, synthesize
@@ -145,7 +145,7 @@ if __name__ == "__main__":
             try:
                 codec_loader()
             except CodecUnavailable as e:
-                if audio == "yes" or stream:
+                if audio == "yes" or stream or isinstance(e, CodecCheckpointError):  # a bad file is a mistake
                     raise
                 print(f"note: tokens only, no .wav: {e}")
                 want_audio = False

@@ -171,8 +171,7 @@ for split, shards in (("train", train_data), ("val", val_data)):
     if master_process and len(rows) < len(shards):
         print(f"{split}: skipping {len(shards) - len(rows)} of {len(shards)} utterances longer than block_size")
     splits[split] = (shards, rows)
-if master_process:  # only now, so a run that fails on its settings or its data leaves nothing behind
-    os.makedirs(out_dir, exist_ok=True)
+if master_process:
     print(f"each iteration: {gradient_accumulation_steps * ddp_world_size * batch_size} "
           f"{f'rows of {block_size} tokens' if packing else 'utterances'} ({gradient_accumulation_steps} micro-steps "
           f"x {ddp_world_size} processes x {batch_size})")
@@ -339,12 +338,20 @@ if wandb_log and master_process:
         fail("wandb_log=True needs wandb: pip install wandb")
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
-codec = None  # loaded on the first real-speech sample; False once it is known to be missing
+codec = None  # real speech: the codec that makes the samples' audio, loaded (and checked) before training starts
+if master_process and log_samples and val_data.meta.get("dataset") != "synthetic":
+    from codec import Codec, CodecCheckpointError, CodecUnavailable
+
+    try:
+        codec = Codec(codec_config, codec_ckpt or None, device)
+    except CodecCheckpointError as e:  # a file that is there and wrong is a mistake to fix, not to train past
+        fail(str(e))
+    except CodecUnavailable as e:
+        print(f"samples: token ids only, no audio: {e}")
 
 
 def log_sample(it):
     """Speak the first val text with the model as it is now, and keep what it says where a person can look."""
-    global codec
     from generate import Sampling, synthesize
 
     text = val_data[0][0]
@@ -357,17 +364,9 @@ def log_sample(it):
 
         print(f"sample at {it}: {text.decode()!r} -> heard {SyntheticSpeech().recognise(tokens)[0]!r}")
         return
-    if codec is None:
-        from codec import Codec, CodecUnavailable
-
-        try:
-            codec = Codec(codec_config, codec_ckpt or None, device)
-        except CodecUnavailable as e:
-            print(f"samples: token ids only, no audio: {e}")
-            codec = False
     os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     np.save(os.path.join(out_dir, "samples", f"{it:07d}.npy"), tokens)
-    if not codec:
+    if codec is None:
         return
     import soundfile as sf
 

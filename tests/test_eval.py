@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import ROOT, run
+from conftest import ROOT, one_line_error, run
 
 sys.path.insert(0, ROOT)
 import speech_metrics as sm  # noqa: E402
@@ -45,14 +45,6 @@ def last_json(proc):
 def read_csv(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    errors = [line for line in proc.stderr.strip().splitlines() if "Warning" not in line and line.startswith("error")]
-    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -246,17 +246,21 @@ def test_compiled_decode_step_speaks_as_the_eager_one(trained):
 
 
 def test_a_chunk_that_comes_back_without_its_speech_is_an_error(trained, monkeypatch):
-    """A model that never heard speech continue ends every chunk after the first at once: said, with the fix."""
+    """A model that never heard speech continue ends every chunk after the first at once: said, with the fix. A
+    chunk that comes back short now and then (a slip) is sampled again."""
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
     text = b"Come here now please. Go there quickly today. Sit down."  # three chunks in a 192-token block
-    frames = iter([60, 2, 50])
+    frames = iter([])
     monkeypatch.setattr(gen, "generate", lambda m, prompts, *a, **k: [torch.randint(0, 46656, (next(frames),))])
-    with pytest.raises(gen.SpeechMissing, match="chunk 2 of 3, ended after 2 frames .* has not learned to continue"):
+    frames = iter([60, 2, 1, 0])  # the second chunk, three times
+    with pytest.raises(gen.SpeechMissing, match="chunk 2 of 3, ended after 0 frames .* has not learned to continue"):
         synthesize(model, [text], Sampling(max_seconds=8))
-    frames = iter([60, 2, 50])  # a model that has learned to continue stopped: a slip, not the wrong model
     anchored = GPT(GPTConfig(**{**model.config.__dict__, "align_audio_pos": True, "anchor_continuations": True}))
-    with pytest.raises(gen.SpeechMissing, match="stopped mid-text: try --best_of"):
+    frames = iter([60, 2, 1, 0])  # a model that has learned to continue stopped: a slip, three times
+    with pytest.raises(gen.SpeechMissing, match="stopped mid-text 3 times: try --best_of"):
         synthesize(anchored, [text], Sampling(max_seconds=8))
+    frames = iter([60, 2, 50, 40])  # the slip sampled again comes back whole
+    assert [len(o) for o in synthesize(anchored, [text], Sampling(max_seconds=8))] == [150]
     frames = iter([60, 2, 50])  # eval.py scores short outputs instead
     assert [len(o) for o in synthesize(model, [text], Sampling(max_seconds=8), strict=False)] == [112]
