@@ -5,7 +5,8 @@ which overrides them, in order, from
     python train.py config/some_config.py --batch_size=32 --compile=False
 A setting is a global whose name is lowercase without a leading _ and whose value is an int, float, bool or str.
 A config file is plain Python that assigns settings. A --key=value flag must name a setting and its value must have
-the default's type (ints are accepted for floats). Mistakes, in a flag or a config file, end the script with one line.
+the default's type (ints are accepted for floats; a string setting takes the text as written, so --speakers=3 is
+"3"). Mistakes, in a flag or a config file, end the script with one line.
 --help (or -h) prints the script's docstring and its settings, each with its default and the comments its source
 gives it: the one above (often a heading) and the one on its line. A setting the script does not assign, one it put
 in its globals from a dataclass's fields, has the comments of that field in the dataclass's source.
@@ -158,6 +159,8 @@ for _arg in sys.argv[1:]:
             _value = ast.literal_eval(_val)
         except (SyntaxError, ValueError):
             _value = _val  # a bare string, e.g. --device=cuda
+        if isinstance(_default, str) and not isinstance(_value, str):
+            _value = _val  # a string setting takes the text as written: --speakers=0,1,2 or --speakers=3
         if isinstance(_default, bool) or isinstance(_value, bool):
             _ok = isinstance(_default, bool) and isinstance(_value, bool)
         elif isinstance(_default, float) and isinstance(_value, int):

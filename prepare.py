@@ -4,6 +4,9 @@ Turn a corpus into Dirt's training shards (the format is documented in data.py).
 The built-in synthetic speech corpus (no download; a toy task that checks the machinery, not speech):
     python prepare.py --dataset=synthetic
     python prepare.py --dataset=synthetic --n_train=50000 --seed=7 --out_dir=data/synthetic-big
+Speakers held out (ids keep their meaning: a model of speakers 0-2 has never heard speaker 3; for fine-tuning):
+    python prepare.py --dataset=synthetic --speakers=0,1,2 --out_dir=data/syn012
+    python prepare.py --dataset=synthetic --speakers=3 --n_train=2000 --n_val=200 --seed=7 --out_dir=data/syn3
 
 A real speech corpus, encoded to Stable Codec tokens (25 per second; needs the codec, see codec.py; use a GPU):
     python prepare.py --dataset=ljspeech --input=LJSpeech-1.1           # needs the codec weights: metadata.csv + wavs/
@@ -51,7 +54,7 @@ import numpy as np
 from codec import CKPT_PATH, CONFIG_PATH, TOKENS_PER_SECOND
 from common import atomic_write, check_device, fail, skip_line, skip_summary
 from data import write_meta, write_split
-from synthetic import synthetic_corpus
+from synthetic import SyntheticSpeech, synthetic_corpus
 
 # -----------------------------------------------------------------------------
 dataset = "synthetic"
@@ -61,6 +64,7 @@ n_train = 20000  # synthetic: utterances in the train split
 n_val = 500  # synthetic: utterances in the val split
 max_sentences = 1  # synthetic: sentences per utterance, at most (2 teaches continuation: prompts, chunks)
 multi_share = 0.4  # synthetic, max_sentences > 1: the share of utterances with more than one sentence
+speakers = ""  # synthetic: the speaker ids that speak, e.g. "0,1,2" (hold speaker 3 out to fine-tune on); "" = all 4
 # real speech corpora
 input = ""  # a folder (ljspeech, libritts) or a .jsonl manifest
 format = "auto"  # auto, ljspeech, libritts or jsonl
@@ -95,9 +99,20 @@ if dataset == "synthetic" and not input:
         fail(f"--max_sentences={max_sentences}: use 1 or more (2 teaches continuation)")
     if not 0 <= multi_share <= 1:
         fail(f"--multi_share={multi_share} is a share: use a value from 0 to 1")
-    train, val, speakers = synthetic_corpus(seed, n_train, n_val, max_sentences, multi_share)
+    n_speakers = SyntheticSpeech.n_speakers
+    ids = [s.strip() for s in speakers.split(",")] if speakers.strip() else [str(s) for s in range(n_speakers)]
+    if not all(s.isdigit() and int(s) < n_speakers for s in ids) or len(set(map(int, ids))) != len(ids):
+        fail(f"--speakers={speakers}: give distinct speaker ids from 0 to {n_speakers - 1}, comma-separated "
+             f"(e.g. --speakers=0,1,2), or leave it empty for all {n_speakers}")
+    speaking = [int(s) for s in ids]
+    train, val, names = synthetic_corpus(seed, n_train, n_val, max_sentences, multi_share, speaking)
     stats = {"train": write_split(out_dir, "train", train), "val": write_split(out_dir, "val", val)}
-    write_meta(out_dir, {"dataset": "synthetic", "seed": seed, "speakers": speakers, "splits": stats})
+    meta = {"dataset": "synthetic", "seed": seed, "speakers": names, "splits": stats}
+    if len(speaking) < n_speakers:  # the default corpus's meta stays as it was
+        meta["speaking"] = speaking
+    write_meta(out_dir, meta)
+    if len(speaking) < n_speakers:
+        print(f"speakers: {', '.join(names[s] for s in speaking)} (of {n_speakers})")
     for split, s in stats.items():
         print(f"{split}: {s['utterances']:,} utterances, {s['text_bytes']:,} text bytes, {s['audio_tokens']:,} "
               f"audio tokens ({s['audio_tokens'] / TOKENS_PER_SECOND / 3600:.2f} h)")

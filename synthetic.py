@@ -47,8 +47,13 @@ class SyntheticSpeech:
     scale, shift = 7919, 12345  # id = (scale * code + shift) mod 46656; scale is coprime with 46656 = 2^6 3^6
     n_codes = 256 * n_classes * n_phases * n_speakers  # 8192 of the 46656 ids are ever said
 
-    def __init__(self, max_sentences=1, multi_share=0.4):
+    def __init__(self, max_sentences=1, multi_share=0.4, speakers=None):
         self.max_sentences, self.multi_share = max_sentences, multi_share
+        # who speaks (speaker ids keep their meaning: a held-out speaker is one a model has never heard)
+        self.speakers = list(range(self.n_speakers)) if speakers is None else [int(s) for s in speakers]
+        if not self.speakers or len(set(self.speakers)) != len(self.speakers) or not all(
+                0 <= s < self.n_speakers for s in self.speakers):
+            raise ValueError(f"speakers {speakers!r}: give distinct ids from 0 to {self.n_speakers - 1}")
         self.unscale = pow(self.scale, -1, N_AUDIO)
         cls = np.full(257, 3, dtype=np.int64)  # index 256 = end of text
         cls[list(b"aeiouAEIOU")] = 0
@@ -82,7 +87,7 @@ class SyntheticSpeech:
 
     def utterance(self, rng):
         """-> (text, audio, speaker, (border_text, border_audio): where its last sentence starts; 0, 0 if one)"""
-        speaker = int(rng.integers(self.n_speakers))
+        speaker = self.speakers[int(rng.integers(len(self.speakers)))]  # all four: the draw it always was
         parts = [s.encode() if i == 0 else b" " + s.encode() for i, s in enumerate(self.sentences(rng))]
         spoken = [self.speak(part, speaker, rng) for part in parts]  # each finished on its own
         border = (sum(map(len, parts[:-1])), sum(map(len, spoken[:-1])))
@@ -115,9 +120,13 @@ class SyntheticSpeech:
         return out.decode("utf-8", errors="replace"), speaker
 
 
-def synthetic_corpus(seed, n_train, n_val, max_sentences=1, multi_share=0.4):
-    """Deterministic from seed: (train utterances, val utterances, speaker names)."""
-    corpus = SyntheticSpeech(max_sentences, multi_share)
+def synthetic_corpus(seed, n_train, n_val, max_sentences=1, multi_share=0.4, speakers=None):
+    """
+    Deterministic from seed: (train utterances, val utterances, speaker names). speakers: the ids that speak
+    (None = all four); the names list every speaker (index = id) either way, so a model's speaker ids keep their
+    meaning across corpora that hold some speakers out.
+    """
+    corpus = SyntheticSpeech(max_sentences, multi_share, speakers)
     rng = np.random.default_rng(seed)
     train = [corpus.utterance(rng) for _ in range(n_train)]
     val = [corpus.utterance(rng) for _ in range(n_val)]

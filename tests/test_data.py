@@ -102,6 +102,33 @@ def test_recogniser_inverts_exactly_and_speakers_differ():
     assert corpus.speak(b"ta", 0, rng)[0] != corpus.speak(b"tl", 0, rng)[0]
 
 
+def test_speakers_held_out_keep_their_ids_and_the_default_draws_as_before():
+    # all four named is the default corpus, draw for draw (its bytes are pinned by test_same_outputs.py)
+    a, av, names = synthetic_corpus(3, 300, 20)
+    b, bv, _ = synthetic_corpus(3, 300, 20, speakers=[0, 1, 2, 3])
+    assert all(x[0] == y[0] and np.array_equal(x[1], y[1]) and x[2] == y[2] for x, y in zip(a + av, b + bv))
+    # a subset: only those speak, with their own ids (a model of 0-2 has never heard 3), and the names list all four
+    held, held_val, held_names = synthetic_corpus(3, 300, 20, speakers=[0, 1, 2])
+    assert {u[2] for u in held + held_val} == {0, 1, 2} and held_names == names == [f"synthetic-{s}" for s in range(4)]
+    new, _, _ = synthetic_corpus(7, 50, 1, speakers=[3])
+    corpus = SyntheticSpeech()
+    for text, audio, speaker, _ in new:
+        heard, frames = corpus.recognise(audio)
+        assert speaker == 3 and heard == text.decode() and (frames == 3).all()
+    assert new[0][0] == synthetic_corpus(7, 50, 1, speakers=[3])[0][0][0]  # deterministic from the seed
+    for bad in ([], [4], [1, 1], [-1]):
+        with pytest.raises(ValueError):
+            synthetic_corpus(0, 1, 1, speakers=bad)
+
+
+def test_prepare_speakers_option(tmp_path):
+    run("prepare.py", "--dataset=synthetic", "--n_train=60", "--n_val=6", "--speakers=1,3", "--out_dir=held",
+        cwd=tmp_path)
+    shards = Shards(tmp_path / "held", "train")
+    assert set(shards.column("speaker").tolist()) == {1, 3} and shards.meta["speaking"] == [1, 3]
+    assert shards.meta["speakers"] == [f"synthetic-{s}" for s in range(4)]
+
+
 def test_recogniser_handles_any_sequence():
     corpus = SyntheticSpeech()
     heard, speakers = corpus.recognise(np.random.default_rng(0).integers(0, N_AUDIO, 500))
@@ -306,6 +333,9 @@ def test_corrupt_corpus_stops_train_and_eval_in_one_line(trained, tmp_path):
     (["--out_dir=new", "--n_train=0"], "--n_train=0 and --n_val=500: both must be at least 1"),
     (["--out_dir=new", "--max_sentences=0"], "--max_sentences=0: use 1 or more"),
     (["--out_dir=new", "--max_sentences=2", "--multi_share=1.5"], "--multi_share=1.5 is a share"),
+    (["--out_dir=new", "--speakers=4"], "--speakers=4: give distinct speaker ids from 0 to 3"),
+    (["--out_dir=new", "--speakers=0,0"], "--speakers=0,0: give distinct speaker ids"),
+    (["--out_dir=new", "--speakers=one"], "--speakers=one: give distinct speaker ids"),
 ])
 def test_prepare_fails_its_checks_before_writing_anything(tmp_path, args, needle):
     (tmp_path / "taken").write_text("a file, not a folder")
