@@ -13,6 +13,10 @@ Modes (--mode; the default is synthetic for a model trained on the synthetic cor
                text and per-frame speakers, giving
                    cer                   character error rate against the reference text (jiwer), the toy ASR WER
                    speaker_consistency   fraction of outputs whose frames all decode to one speaker
+                   speaker_match         fraction whose frames are mostly the reference utterance's speaker: the
+                                         model has no speaker input, so ~1/k on a corpus of k speakers; on a
+                                         one-speaker corpus (prepare.py --speakers=3) it says whether a fine-tuned
+                                         model took that voice
                    frames_per_byte       output duration per text byte (the corpus speaks 1.55 to 2.0)
                    tokens_per_s, rtf     generated tokens per second, seconds of audio per second of compute
     reference  score the ground-truth recordings themselves: the best any model can do with these metrics
@@ -135,6 +139,8 @@ def evaluate_synthetic(model, checkpoint):
     for ref, hyp in list(zip(texts, scores.pop("heard")))[:5]:
         print(f"ref: {ref}\nhyp: {hyp}\n")
     n_tokens = sum(len(o) for o in outputs)
+    match = [scores_speaker(o) == ref[2] for o, ref in zip(outputs, references)]
+    scores["speaker_match"] = round(float(np.mean(match)), 4)
     result = {"n": len(rows), **scores, "tokens_per_s": round(n_tokens / dt, 1),
               "rtf": round(n_tokens / TOKENS_PER_SECOND / dt, 2)}
     if prompted:

@@ -1,0 +1,46 @@
+# Fine-tune a main-job model (config/train_synthetic.py) on a speaker it has never heard, on a CPU in about two
+# minutes: the recipe of docs/results.md, "2026-12-01 Fine-tuning on an unseen speaker". The parent hears speakers
+# 0-2 only; the new corpus is 2,000 utterances (1 h) of speaker 3, whose every audio id is one the parent never read.
+#   python prepare.py --dataset=synthetic --speakers=0,1,2 --out_dir=data/syn012
+#   python train.py config/train_synthetic.py --data_dir=data/syn012 --out_dir=out-pre012      # the parent
+#   python prepare.py --dataset=synthetic --speakers=3 --n_train=2000 --n_val=200 --seed=7 --out_dir=data/syn3
+#   python train.py config/finetune_synthetic.py                                               # the fine-tune
+#   python eval.py --out_dir=out-ft3 --data_dir=data/syn3      # the new speaker: CER, speaker_match
+#   python eval.py --out_dir=out-ft3 --data_dir=data/syn012    # what it forgot of the old ones
+# The scratch baseline of the results entry is this file with --init_from=scratch (and --learning_rate=1e-2).
+out_dir = "out-ft3"
+init_from = "out-pre012"  # the parent: a checkpoint file, an out_dir or an exported folder; weights only (a fresh
+# optimizer and iteration 0: this file's schedule)
+dataset = "synthetic"
+data_dir = "data/syn3"
+device = "cpu"
+dtype = "float32"
+compile = False
+
+# The model: every shape setting must be the parent's (train_synthetic.py's): the weights only fit their own shape.
+# block_size too: positions past the parent's were never trained, and the new corpus's utterances are as long.
+block_size = 256
+n_layer = 4
+n_head = 8
+n_embd = 128
+qk_norm = True
+align_audio_pos = True
+audio_pos_rate = 0.57
+dropout = 0.0  # 2,000 utterances seen ~5 times each: val loss still falls at the last step (no overfitting to fight)
+text_dropout = 0.0  # as the parent (no guidance)
+freeze_layers = 0  # train everything: speaker 3's audio ids are new input rows of the embedding table, which a frozen
+# table would leave as they were initialised (freeze_layers=2 measured worse; see the results entry)
+
+batch_size = 32  # the parent's batch: Muon's updates are tuned to it
+gradient_accumulation_steps = 1
+optimizer = "muon"  # the parent's optimizer, so its learning rate scale carries over
+learning_rate = 3e-3  # 0.3x pretraining's 1e-2: large enough to learn 2,048 new ids in 300 steps, small enough not to
+# throw away what the parent knows of reading text (1e-2 forgets more; 1e-3 learns the voice slower; results entry)
+max_iters = 300  # ~5 passes over the 2,000 utterances (300 x 32 = 9,600): the loss has flattened by then
+warmup_iters = 10  # the optimizer starts empty (momentum at zero): a few steps of ramp, not the parent's 30
+lr_decay_iters = 300  # cosine to min_lr over the whole run, as in pretraining
+min_lr = 3e-4  # learning_rate / 10, as in pretraining
+weight_decay = 0.1
+eval_interval = 100  # 3 evaluations in 300 steps: enough to see whether val loss turns up (overfitting)
+eval_iters = 10  # 320 val utterances drawn from the 200: the same fixed batches every evaluation
+log_interval = 20
