@@ -12,6 +12,8 @@ gives it: the one above (often a heading) and the one on its line. A setting the
 in its globals from a dataclass's fields, has the comments of that field in the dataclass's source.
 A script that defines _file_keys (a collection of setting names) takes only those settings from a config file; the
 file runs in a namespace of its own (a copy of the settings) and its other assignments are ignored.
+Afterwards _overridden holds the names of the settings a config file or a flag set (train.py: a fine-tuned model
+keeps its parent's shape unless one of them sets it).
 """
 
 import ast
@@ -121,6 +123,7 @@ def _exec_config(path, source, scope):
 
 if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
     _help()
+_overridden = set()  # the settings a config file or a flag set, for a script to tell them from its defaults
 for _arg in sys.argv[1:]:
     if "=" not in _arg:
         if _arg.startswith("-"):
@@ -140,11 +143,13 @@ for _arg in sys.argv[1:]:
             print(f"From {_arg}: {', '.join(f'{k}={v!r}' for k, v in _taken.items()) or 'nothing'} "
                   f"(its other settings are ignored here)")
             globals().update(_taken)
+            _overridden |= set(_taken)
             continue
         print(f"Overriding config with {_arg}:")
         print(_source)
         _before = set(_settings())
-        _exec_config(_arg, _source, globals())
+        _tree = _exec_config(_arg, _source, globals())
+        _overridden |= {n.id for n in ast.walk(_tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         _added = sorted(set(_settings()) - _before)  # imports and helpers in a config file are fine
         if _added:  # a typo in a config file would otherwise be silently ignored
             _config_fail(f"{_arg} sets unknown key '{_added[0]}'{_nearest_key(_added[0])}")
@@ -171,3 +176,4 @@ for _arg in sys.argv[1:]:
             _config_fail(f"--{_key} expects a {type(_default).__name__} (default {_default!r}), got {_val!r}")
         print(f"Overriding: {_key} = {_value!r}")
         globals()[_key] = _value
+        _overridden.add(_key)

@@ -399,9 +399,66 @@ def model_config(model_args, path):
         raise CheckpointError(f"{path} has invalid model settings: {e}") from None
 
 
+# --------------------------------------------------------------------------------------------------------------
+# exported models: a folder in the Hugging Face layout (export.py writes it), loaded with JSON and safetensors only
+#   config.json         {"format": EXPORT_FORMAT, "model": GPTConfig's fields, "sampling": generate.Sampling's
+#                        defaults, "iter_num", "val_loss", "training": the run's settings, "parent": or null}
+#   model.safetensors   the weights, fp32 or bf16
+#   README.md           the model card
+
+EXPORT_FORMAT = "dirt-model-v1"
+EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"
+
+
+def find_model(path):
+    """A model is a checkpoint file, a training run's out_dir (its ckpt.pt) or an exported folder (config.json and
+    model.safetensors) -> (the file or folder, 'checkpoint' or 'export'). CheckpointError (one line) if none."""
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "ckpt.pt")):
+            return os.path.join(path, "ckpt.pt"), "checkpoint"
+        if os.path.exists(os.path.join(path, EXPORT_CONFIG)):
+            return path, "export"
+        raise CheckpointError(f"no model in {path}: neither a training run's ckpt.pt nor an exported {EXPORT_CONFIG}; "
+                              "train one first (python train.py ...) or pass --out_dir")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}; train one first (python train.py ...) or pass --out_dir")
+    return path, "checkpoint"
+
+
+def read_export(folder, device="cpu"):
+    """An exported folder -> the dict a checkpoint is (model, model_args, iter_num, best_val_loss, config, parent),
+    without its optimizer. Nothing in it is unpickled: config.json and safetensors."""
+    config_path, weights_path = os.path.join(folder, EXPORT_CONFIG), os.path.join(folder, EXPORT_WEIGHTS)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            card = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {config_path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(card, dict) or card.get("format") != EXPORT_FORMAT or not isinstance(card.get("model"), dict):
+        raise CheckpointError(f"{config_path} is not a Dirt model's config.json (format {EXPORT_FORMAT})")
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError("an exported model needs safetensors: pip install safetensors") from None
+    try:
+        state = load_file(weights_path, device=str(device))
+    except Exception as e:  # missing, truncated, or not safetensors: their errors have no common type
+        raise CheckpointError(f"cannot read {weights_path} (missing, truncated or corrupt?): "
+                              f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+    return {"model": state, "model_args": card["model"], "iter_num": card.get("iter_num", 0),
+            "best_val_loss": card.get("val_loss"), "config": card.get("training", {}), "parent": card.get("parent")}
+
+
+def read_model(path, device="cpu"):
+    """Any of find_model's forms -> the checkpoint dict (read_export's keys, and optimizer for a checkpoint)."""
+    where, kind = find_model(path)
+    return (load_checkpoint if kind == "checkpoint" else read_export)(where, device)
+
+
 def load_model(path, device="cpu"):
-    """-> (model in eval mode on device, checkpoint dict). Raises CheckpointError with a one-line reason."""
-    ckpt = load_checkpoint(path, device)
+    """A checkpoint file, out_dir or exported folder -> (model in eval mode on device, its checkpoint dict).
+    Raises CheckpointError with a one-line reason."""
+    ckpt = read_model(path, device)
     model = GPT(model_config(ckpt["model_args"], path))
     try:
         model.load_state_dict(ckpt["model"])

@@ -38,7 +38,8 @@ first of --n + 1 serving as every line's prompt audio. Model mode needs only the
 
 Prints a summary table and the worst transcripts, writes one CSV row per utterance (--csv; default
 <out_dir>/eval_<mode>.csv in model mode, ./eval_<mode>.csv otherwise) and, as the LAST line, one JSON object for
-scripts and CI: mode, n, wer, cer, the other metrics that were computed, and not_computed: {metric: reason}.
+scripts and CI (also saved as <out_dir>/eval_<mode>.json beside a model, for export.py's model card): mode, n,
+wer, cer, the other metrics that were computed, and not_computed: {metric: reason}.
 (The synthetic mode's JSON has the keys listed above, plus n, the sampling settings and iter_num.)
 """
 
@@ -54,7 +55,7 @@ import numpy as np
 
 import speech_metrics as sm
 from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable, load_audio
-from common import check_device, default_device, fail, skip_line, skip_summary
+from common import atomic_write, check_device, default_device, fail, skip_line, skip_summary
 from data import CheckpointError, Shards, load_model
 from generate import Sampling, SpeechMissing, synthesize
 from synthetic import SyntheticSpeech
@@ -62,7 +63,7 @@ from synthetic import SyntheticSpeech
 # -----------------------------------------------------------------------------
 mode = ""  # synthetic | reference | roundtrip | model; "" = synthetic for a synthetic-corpus model, else model
 out_dir = "out-synthetic"
-ckpt = ""  # default: <out_dir>/ckpt.pt
+ckpt = ""  # a checkpoint file, in place of out_dir
 data_dir = ""  # synthetic mode: default the dataset the model was trained on
 # every held-out synthetic utterance (500; a sample of 100 leaves CER +-0.01 of noise), 40 Asterisk prompts, or
 # every line of --test_list
@@ -392,13 +393,16 @@ except ValueError as e:
 model = checkpoint = None
 if mode in ("", "synthetic", "model"):
     try:
-        model, checkpoint = load_model(ckpt or os.path.join(out_dir, "ckpt.pt"), device)
+        model, checkpoint = load_model(ckpt or out_dir, device)
     except CheckpointError as e:
         fail(str(e))
     mode = mode or ("synthetic" if checkpoint.get("config", {}).get("dataset", "synthetic") == "synthetic"
                     else "model")
 if mode == "synthetic":
-    print(json.dumps(evaluate_synthetic(model, checkpoint)))
+    scores = evaluate_synthetic(model, checkpoint)
+    if not ckpt and os.path.isdir(out_dir):  # beside the model, where export.py's model card finds it
+        atomic_write(os.path.join(out_dir, "eval_synthetic.json"), lambda f: f.write(json.dumps(scores).encode()))
+    print(json.dumps(scores))
     sys.exit(0)
 
 # everything that can fail in one line fails before the slow work starts
@@ -467,4 +471,7 @@ if audio_dir:
         soundfile.write(os.path.join(audio_dir, f"{i:03d}_{it['name']}.wav"), wav, SAMPLE_RATE)
 write_csv(csv, rows)
 print(f"\nper-utterance scores: {csv}" + (f"; audio: {audio_dir}/" if audio_dir else ""))
-print(json.dumps(clean(result(summary, **extra, eval_seconds=time.time() - t0))))
+scores = clean(result(summary, **extra, eval_seconds=time.time() - t0))
+if mode == "model" and not ckpt:  # beside the model, where export.py's model card finds it
+    atomic_write(os.path.join(out_dir, "eval_model.json"), lambda f: f.write(json.dumps(scores).encode()))
+print(json.dumps(scores))

@@ -87,8 +87,8 @@ def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
 
 if __name__ == "__main__":
     # -----------------------------------------------------------------------------
-    out_dir = "out"  # the training run to sample from
-    ckpt = ""  # default: <out_dir>/ckpt.pt
+    out_dir = "out"  # the model to sample from: a training run's out_dir or an exported folder (export.py)
+    ckpt = ""  # a checkpoint file, in place of out_dir
     text = ""
     text_file = ""  # one utterance per line, sampled in batches
     output_dir = "samples"
@@ -134,7 +134,7 @@ if __name__ == "__main__":
     try:
         texts = read_texts(text, text_file)
         voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
-        model, checkpoint = load_model(ckpt or os.path.join(out_dir, "ckpt.pt"), device)
+        model, checkpoint = load_model(ckpt or out_dir, device)
         model = model.to(DTYPES[dtype])  # as gpt-fast: weights and KV cache in the compute dtype
         decode_step = None
         if compile:  # one graph per cache length (generate.stream rounds it up to a multiple of 256)

@@ -8,6 +8,9 @@ Override any setting below from the command line:
     python train.py config/train_synthetic.py --max_iters=100 --batch_size=16
 Resume the run in out_dir exactly where it stopped (same data order, same loss curve):
     python train.py config/train_synthetic.py --init_from=resume
+Fine-tune a trained model (a checkpoint, an out_dir or an exported folder: its weights and shape, a fresh optimizer
+and schedule; the new checkpoint names its parent), optionally with its first blocks frozen:
+    python train.py config/train_synthetic.py --init_from=out-synthetic --out_dir=out-ft --max_iters=50
 Rows of exactly block_size tokens packed with whole utterances, each attending only to itself (batch_size then
 counts rows), and activations recomputed in the backward pass (a bigger batch or model in the same memory):
     python train.py config/train_synthetic.py --packing=True --activation_checkpointing=True
@@ -39,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from codec import CKPT_PATH, CONFIG_PATH, SAMPLE_RATE
 from common import DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops
 from data import (CheckpointError, Shards, get_batch, get_packed_batch, length_sorted_rows, load_checkpoint,
-                  save_checkpoint)
+                  read_model, save_checkpoint)
 from model import GPT, PAD, GPTConfig
 from optim import OPTIMIZERS, configure_optimizers
 
@@ -52,7 +55,8 @@ log_interval = 10
 eval_iters = 50
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # else only when val loss improves
-init_from = "scratch"  # 'scratch' or 'resume'
+init_from = "scratch"  # 'scratch', 'resume' (out_dir's run), or a model to fine-tune: checkpoint, out_dir or export
+freeze_layers = 0  # fine-tuning: keep the embeddings and the first N blocks as the parent has them; 0 = train all
 # wandb logging (optional; pip install wandb)
 wandb_log = False
 wandb_project = "dirt"
@@ -101,6 +105,28 @@ config = _settings()  # noqa: F821  what the run used (a setting as configurator
 
 # every setting is checked here, before any work: a mistake costs one line, not a run
 model_args = {f.name: globals()[f.name] for f in fields(GPTConfig)}
+checkpoint = None  # the model the run starts from: out_dir's own (resume) or a parent's (fine-tuning)
+if init_from not in ("scratch", "resume") and not os.path.exists(init_from):
+    fail(f"--init_from={init_from}: use 'scratch', 'resume', or a model to fine-tune (a checkpoint file, an out_dir or "
+         "an exported folder); there is nothing at that path")
+if init_from != "scratch":
+    ckpt_from = os.path.join(out_dir, "ckpt.pt") if init_from == "resume" else init_from
+    try:
+        checkpoint = (load_checkpoint if init_from == "resume" else read_model)(ckpt_from)
+    except CheckpointError as e:
+        fail(str(e))
+    # it keeps its shape: a model setting a config file or flag did not set is the checkpoint's (one older than a
+    # setting was trained with its default); one that was set must agree. Dropout may change.
+    saved = {f.name: checkpoint["model_args"].get(f.name, f.default) for f in fields(GPTConfig)}
+    unknown = sorted(set(checkpoint["model_args"]) - set(saved))
+    if unknown:
+        fail(f"{ckpt_from} has model settings this model.py does not know ({', '.join(unknown)})")
+    for k in saved:
+        if k in _overridden and k != "dropout" and saved[k] != model_args[k]:  # noqa: F821 (configurator.py's)
+            fail(f"--{k}={model_args[k]!r} differs from {saved[k]!r} in {ckpt_from}; a model keeps its shape when it "
+                 f"{'resumes' if init_from == 'resume' else 'is fine-tuned'}: drop the setting, or train from scratch")
+        if k != "dropout":
+            model_args[k] = config[k] = globals()[k] = saved[k]
 try:
     GPTConfig(**model_args)
     check_device(device, dtype)
@@ -123,7 +149,8 @@ limits = {  # setting: (within its range, what the range is)
     "grad_clip": (grad_clip >= 0, ">= 0 (0 = off)"),
     "text_dropout": (0 <= text_dropout < 1, "in [0, 1)"),
     "optimizer": (optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS)),
-    "init_from": (init_from in ("scratch", "resume"), "'scratch' or 'resume'"),
+    "freeze_layers": (0 <= freeze_layers <= n_layer and (not freeze_layers or init_from != "scratch"),
+                      f"0 to n_layer ({n_layer}), with --init_from=<a model> (it keeps the parent's layers)"),
     "peak_flops": (peak_flops >= 0, ">= 0 (0 = look the GPU up)"),
 }
 for name, (ok, allowed) in limits.items():
@@ -235,26 +262,18 @@ if master_process:  # how much of each row is padding
     print(f"padding: {100 * padded:.1f}% of the positions in a batch ({'packed' if packing else 'length-bucketed'})")
 
 # model
-iter_num, best_val_loss, checkpoint = 0, 1e9, None
+iter_num, best_val_loss, lineage = 0, 1e9, None  # lineage: the model fine-tuned from, and its own, for checkpoints
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if init_from == "resume":
-    try:
-        checkpoint = load_checkpoint(ckpt_path)
-    except CheckpointError as e:
-        fail(str(e))
-    # a resumed run is the same model: every model setting but dropout must be the checkpoint's (one older than a
-    # setting was trained with its default)
-    saved = {f.name: checkpoint["model_args"].get(f.name, f.default) for f in fields(GPTConfig)}
-    unknown = sorted(set(checkpoint["model_args"]) - set(saved))
-    if unknown:
-        fail(f"{ckpt_path} has model settings this model.py does not know ({', '.join(unknown)})")
-    for k in saved:
-        if k != "dropout" and saved[k] != model_args[k]:
-            fail(f"--{k}={model_args[k]!r} differs from {saved[k]!r} in {ckpt_path}; a resumed run keeps its model: "
-                 f"drop the setting, or train in a new out_dir")
-    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    iter_num, best_val_loss, lineage = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint.get("parent")
     if master_process:
         print(f"resuming from {ckpt_path} at iteration {iter_num}")
+elif checkpoint is not None:  # fine-tuning: the parent's weights, a fresh optimizer, iteration 0 of this schedule
+    lineage = {"path": os.path.abspath(init_from), "iter_num": checkpoint["iter_num"],
+               "val_loss": checkpoint["best_val_loss"], "parent": checkpoint.get("parent")}
+    if master_process:
+        print(f"fine-tuning {init_from} (iteration {checkpoint['iter_num']}, val loss {checkpoint['best_val_loss']})"
+              + (f", its embeddings and first {freeze_layers} blocks frozen" if freeze_layers else ""))
 torch.manual_seed(seed)
 gptconf = GPTConfig(**model_args)
 model = GPT(gptconf)
@@ -263,13 +282,16 @@ if checkpoint is not None:
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
-        fail(f"{ckpt_path} does not match its own model settings: {str(e).splitlines()[0]}")
+        fail(f"{ckpt_from} does not match its own model settings: {str(e).splitlines()[0]}")
+if freeze_layers:  # no gradients, so no optimizer state either: the frozen part stays exactly the parent's
+    for module in (model.wte, model.coarse_embed, model.fine_embed, *model.blocks[:freeze_layers]):
+        module.requires_grad_(False)
 model.to(device)
 if master_process:
     print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without embedding)")
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
 optimizers = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
-if checkpoint is not None:
+if init_from == "resume":
     states = checkpoint["optimizer"]
     states = states if isinstance(states, list) else [states]  # a checkpoint from before optimizer lists
     if len(states) != len(optimizers):
@@ -328,7 +350,7 @@ def save(it):
     save_checkpoint(ckpt_path, {"model": raw_model.state_dict(),
                                 "optimizer": [opt.state_dict() for opt in optimizers],
                                 "model_args": model_args, "iter_num": it, "best_val_loss": best_val_loss,
-                                "config": config})
+                                "config": config, "parent": lineage})
 
 
 if wandb_log and master_process:

@@ -34,7 +34,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md", "docs/real-speech.md"]
-SCRIPTS = ["train.py", "sample.py", "eval.py", "bench.py", "prepare.py"]
+SCRIPTS = ["train.py", "sample.py", "eval.py", "bench.py", "prepare.py", "export.py"]
 MARKERS = ("on a GPU", "needs the codec weights", "downloads", "set-up: run by hand")
 # appended to each command of a script; tiny shapes where a command would time a 112M model on a CPU
 SHORTEN = {
@@ -42,6 +42,7 @@ SHORTEN = {
     "train.py": ["--max_iters=10", "--eval_interval=5", "--eval_iters=2", "--log_interval=5"],
     "eval.py": ["--n=4", "--long_n=1", "--max_seconds=2"],  # max_seconds: a barely trained model rarely stops
     "sample.py": ["--max_seconds=2"],
+    "export.py": [],
     "bench.py": ["--runs=1", "--warmup=0", "--prompt_len=8", "--new_tokens=8", "--threads=1", "--bandwidth_mb=32",
                  "--n_layer=1", "--n_head=2", "--n_kv_head=2", "--n_embd=64", "--block_size=64"],
 }
