@@ -40,7 +40,7 @@ Prints a summary table and the worst transcripts, writes one CSV row per utteran
 <out_dir>/eval_<mode>.csv in model mode, ./eval_<mode>.csv otherwise) and, as the LAST line, one JSON object for
 scripts and CI (also saved as <out_dir>/eval_<mode>.json beside a model, for export.py's model card): mode, n,
 wer, cer, the other metrics that were computed, and not_computed: {metric: reason}.
-(The synthetic mode's JSON has the keys listed above, plus n, the sampling settings and iter_num.)
+(The synthetic mode's JSON has the keys listed above, plus n, the sampling settings, iter_num and data_dir.)
 """
 
 import json
@@ -168,7 +168,7 @@ def evaluate_synthetic(model, checkpoint):
                       long_one_voice=round(float(np.mean([one_voice(o) for o in long_out])), 4))
     if continued:
         result.update(continued_score(model, val))
-    result.update(**asdict(sampling), iter_num=checkpoint["iter_num"])
+    result.update(**asdict(sampling), iter_num=checkpoint["iter_num"], data_dir=data_dir)  # which corpus's val
     return result
 
 
