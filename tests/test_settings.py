@@ -67,9 +67,24 @@ def test_bench_times_the_decode_step_with_the_sampling_settings(monkeypatch, tmp
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))),
                          ids=os.path.basename)
 def test_bench_builds_the_model_a_config_trains(config, corpus, monkeypatch):
+    # --init_from=scratch: a fine-tuning recipe (config/finetune_*.py) names a parent that is not here; from scratch
+    # train.py builds the model of the config's own settings, which are the parent's
     (trained_cfg,), _ = run_until(monkeypatch, model, "GPT", "train.py", config, "--device=cpu", "--dtype=float32",
-                                  f"--data_dir={corpus}/data/synthetic", cwd=corpus)
+                                  f"--data_dir={corpus}/data/synthetic", "--init_from=scratch", cwd=corpus)
     (benched_cfg,), _ = run_until(monkeypatch, model, "GPT", "bench.py", config, "--device=cpu", "--dtype=float32",
                                   cwd=corpus)
     assert benched_cfg == trained_cfg
     assert any(getattr(trained_cfg, k) != v for k, v in vars(model.GPTConfig()).items())  # the config's, not defaults
+
+
+@pytest.mark.parametrize("recipe,parent", [("finetune_synthetic.py", "train_synthetic.py"),
+                                           ("finetune_speaker.py", "train_small.py"),
+                                           ("finetune_language.py", "train_small.py")])
+def test_a_fine_tuning_recipe_has_its_parents_shape(recipe, parent):
+    """A recipe trained from scratch (its baseline) builds the parent recipe's model: every GPTConfig field but
+    dropout, block_size included; a field the parent leaves at its default the recipe leaves there too."""
+    def shape(name):
+        settings = {}
+        exec(open(os.path.join(ROOT, "config", name)).read(), {}, settings)
+        return {f: settings.get(f, d) for f, d in vars(model.GPTConfig()).items() if f != "dropout"}
+    assert shape(recipe) == shape(parent)
