@@ -24,6 +24,8 @@ def files(trained, tmp_path_factory):
     ckpt = torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=True)
     torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_experts": 4}}, bad / "unknown_arg.pt")
     torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_layer": 3}}, bad / "wrong_weights.pt")
+    os.makedirs(bad / "wrong_run")
+    torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_layer": 3}}, bad / "wrong_run" / "ckpt.pt")
     # a model that ends every utterance at once: the blocks add nothing, and end-of-audio is by far the likeliest
     # token after SOA (the residual stream is then SOA's own embedding)
     mute = {k: v.clone() for k, v in ckpt["model"].items()}
@@ -68,6 +70,8 @@ def cases(work, out_dir, bad):
         (("sample.py", f"--ckpt={bad}/unknown_arg.pt", "--text=hi", "--output_dir=s2"),
          f"error: {bad}/unknown_arg.pt has model settings this model.py does not know (n_experts)", ["s2"]),
         (("eval.py", f"--ckpt={bad}/wrong_weights.pt"), f"error: {bad}/wrong_weights.pt does not match the model", []),
+        (("train.py", "--init_from=resume", f"--out_dir={bad}/wrong_run", data, "--device=cpu", "--dtype=float32",
+          "--compile=False"), f"error: {bad}/wrong_run/ckpt.pt does not match its own model settings", []),
         # the machine
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--device=cuda", "--output_dir=s3"),
          "error: device is cuda but no GPU is visible", ["s3"]),
