@@ -266,6 +266,8 @@ iter_num, best_val_loss, lineage = 0, 1e9, None  # lineage: the model fine-tuned
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if init_from == "resume":
     iter_num, best_val_loss, lineage = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint.get("parent")
+    if "freeze_layers" not in _overridden:  # noqa: F821  a fine-tuned run resumes with its layers frozen as they were
+        freeze_layers = config["freeze_layers"] = checkpoint.get("config", {}).get("freeze_layers", 0)
     if master_process:
         print(f"resuming from {ckpt_path} at iteration {iter_num}")
 elif checkpoint is not None:  # fine-tuning: the parent's weights, a fresh optimizer, iteration 0 of this schedule
@@ -422,7 +424,7 @@ while True:
     for group in (group for opt in optimizers for group in opt.param_groups):
         group["lr"] = lr
 
-    if iter_num % eval_interval == 0 and master_process and (iter_num > 0 or eval_only):
+    if master_process and (eval_only or (iter_num % eval_interval == 0 and iter_num > 0)):
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         with open(log_path, "a") as f:

@@ -73,10 +73,12 @@ def test_fine_tuning_starts_from_the_parent_and_names_it(exported, parent):
     for name, weights in ckpt["model"].items():  # the embeddings and the first block frozen, the rest trained
         frozen = name.startswith(("wte.", "coarse_embed.", "fine_embed.", "blocks.0."))
         assert torch.equal(weights, before["model"][name]) == frozen, name
-    # a run resumed from the fine-tuned checkpoint keeps naming the parent
+    # a run resumed from the fine-tuned checkpoint keeps naming the parent, and its layers frozen as they were
     run("train.py", CONFIG, *TINY, "--init_from=resume", f"--out_dir=ft-{parent}", "--max_iters=8",
-        "--eval_interval=6", "--freeze_layers=1", "--learning_rate=1e-3", cwd=work)
-    assert torch.load(os.path.join(work, f"ft-{parent}", "ckpt.pt"), weights_only=True)["parent"] == ckpt["parent"]
+        "--eval_interval=6", "--learning_rate=1e-3", cwd=work)
+    resumed = torch.load(os.path.join(work, f"ft-{parent}", "ckpt.pt"), weights_only=True)
+    assert resumed["parent"] == ckpt["parent"] and resumed["iter_num"] == 8
+    assert torch.equal(resumed["model"]["blocks.0.attn.qkv.weight"], before["model"]["blocks.0.attn.qkv.weight"])
 
 
 def test_export_and_fine_tuning_mistakes_are_one_line(exported, tmp_path):
