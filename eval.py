@@ -400,7 +400,8 @@ if mode in ("", "synthetic", "model"):
                     else "model")
 if mode == "synthetic":
     scores = evaluate_synthetic(model, checkpoint)
-    if not ckpt and os.path.isdir(out_dir):  # beside the model, where export.py's model card finds it
+    # beside the model, where export.py's model card finds it: its own val only, not another corpus it was asked about
+    if not ckpt and "data_dir" not in _overridden and os.path.isdir(out_dir):  # noqa: F821 (configurator.py's)
         atomic_write(os.path.join(out_dir, "eval_synthetic.json"), lambda f: f.write(json.dumps(scores).encode()))
     print(json.dumps(scores))
     sys.exit(0)

@@ -131,6 +131,7 @@ if __name__ == "__main__":
             codec = Codec(codec_config, codec_ckpt or None, device)
         return codec
 
+    sink = None  # --stream: the .wav (or stdout) the audio goes to as it is made
     try:
         texts = read_texts(text, text_file)
         voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
@@ -188,6 +189,9 @@ if __name__ == "__main__":
             if stream_to != "-":
                 sink.close()
     except (ValueError, CheckpointError, CodecUnavailable) as e:
+        if sink is not None and sink is not sys.stdout.buffer:  # no half a .wav left behind
+            sink.close()
+            os.remove(sink.name)
         fail(str(e))
     dt = time.time() - t0
     if stream:
