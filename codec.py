@@ -120,8 +120,8 @@ def preprocess(wav, sample_rate):
 
 def load_audio(path, sr=SAMPLE_RATE, format=None):
     """
-    An audio file -> mono float32 at sr (channels averaged, soxr's resampler, as preprocess): the one reader of
-    sample.py, eval.py and prepare.py. WAV, FLAC, OGG, MP3 through soundfile; anything else FFmpeg reads through
+    An audio file (a path, or a binary file object such as io.BytesIO of a file's bytes) -> mono float32 at sr
+    (channels averaged, soxr's resampler, as preprocess): the one reader of sample.py, eval.py and prepare.py. WAV, FLAC, OGG, MP3 through soundfile; anything else FFmpeg reads through
     PyAV (requirements-eval.txt), and format='g722' for raw G.722. Raises ValueError with a one-line reason.
     """
     import soundfile
@@ -141,6 +141,8 @@ def load_audio(path, sr=SAMPLE_RATE, format=None):
     except ImportError:
         raise ValueError('not a format soundfile reads, and PyAV, which reads the rest, is not installed '
                          '(pip install av)') from None
+    if hasattr(path, 'seek'):
+        path.seek(0)  # soundfile may have read part of it
     try:
         resampler = av.AudioResampler(format='flt', layout='mono', rate=sr)
         chunks = []

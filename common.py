@@ -1,6 +1,6 @@
 """
 The few helpers and constants that several scripts share, each defined once: the one-line error a user sees, atomic
-file writes, the compute dtypes, the default device, GPU peak FLOP/s, how a skipped file is reported.
+file writes, the compute dtypes, the default device, torchrun's processes, GPU peak FLOP/s, how a skipped file is reported.
 """
 
 import os
@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 
 import torch
+import torch.distributed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,6 +50,21 @@ def check_device(device, dtype=None):
         raise ValueError(f"device must be cpu, cuda or cuda:N, not {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device is cuda but no GPU is visible; pass --device=cpu")
+
+
+def init_distributed(device, backend="", timeout=None):
+    """torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE) -> (ddp, rank, local_rank, world_size, device), the
+    process group started: each process on the GPU of its local rank, nccl on CUDA and gloo on CPU unless backend
+    names one. Without torchrun: (False, 0, 0, 1, device) and no process group. train.py and prepare.py."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, device
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend=backend or ("nccl" if device.startswith("cuda") else "gloo"),
+                                         **({"timeout": timeout} if timeout else {}))
+    return True, rank, local_rank, world_size, device
 
 
 def gpu_peak_flops(device):

@@ -13,8 +13,13 @@ A real speech corpus, encoded to Stable Codec tokens (25 per second; needs the c
     python prepare.py --dataset=libritts_r --input=LibriTTS_R/train-clean-100  # needs the codec weights: <speaker>/...
     python prepare.py --dataset=mine --input=recordings/manifest.jsonl  # needs the codec weights: {"audio", "text"}
     python prepare.py --dataset=mine --input=... --max_seconds=20 --batch_size=64  # needs the codec weights
+    python prepare.py --dataset=emilia --input='Emilia/EN/*.tar' --audio_ext=mp3   # needs the codec weights
+    python prepare.py --dataset=hf --input=my_dataset/data                # needs the codec weights: Parquet files
     python train.py --dataset=ljspeech ...       # needs the codec weights (to prepare it): reads data/ljspeech/
-The format is detected from --input (or --format=ljspeech|libritts|jsonl):
+On every GPU of a node, or of two nodes (train.py's torchrun flags; out_dir on a filesystem every node sees):
+    torchrun --standalone --nproc_per_node=8 prepare.py --dataset=hf --input=my_dataset/data  # on a GPU
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=node0 prepare.py --dataset=hf --input=...  # on a GPU
+The format is detected from --input (or --format=ljspeech|libritts|jsonl|parquet|webdataset):
     ljspeech   a folder with metadata.csv (`id|text|normalized_text` lines; the normalized text is used when
                present) and wavs/<id>.wav (or any other audio extension)
     libritts   a folder tree of <speaker>/<chapter>/<utt>.wav (LibriTTS, LibriTTS-R) with the transcript beside it
@@ -22,9 +27,20 @@ The format is detected from --input (or --format=ljspeech|libritts|jsonl):
                folder two levels above the audio file (or the top folder when the tree is shallower)
     jsonl      one {"audio": path relative to the manifest, "text": ..., "speaker": optional, "id": optional}
                per line
+    parquet    Parquet files (a file, a folder searched at any depth, or a glob), or a Hugging Face dataset saved
+               with save_to_disk (its folder): a row per utterance, the columns named by id_field, text_field,
+               speaker_field and audio_field; the audio an audio file's bytes, Hugging Face's {bytes, path}, or a
+               path (relative to the Parquet file). Needs pyarrow (pip install -r requirements-corpora.txt).
+    webdataset .tar shards (a file, a folder or a glob; Emilia's layout): a record is the members sharing a key
+               (the name up to the first dot of the file name), e.g. X.mp3 + X.json; the text, speaker and id are
+               fields of the .json (text_field, speaker_field, id_field; else the .txt and the key), the audio the
+               member with an extension in audio_ext.
 Audio can be anything soundfile reads (WAV, FLAC, OGG, MP3, ...) at any rate and channel count. Files that are
 missing, corrupt, empty, silent, too short or too long, or whose text is missing or too long are skipped, each
-named with its reason as it is found, counted at the end and listed in <out_dir>/skipped.tsv.
+named with its reason as it is found, counted at the end and listed in <out_dir>/skipped.tsv; so are records of
+Parquet and tar files without audio bytes or text, and whole files that cannot be read.
+Parquet and tar files are read in order, a chunk of records at a time, so memory does not grow with the corpus; the
+other formats are planned from every file's header, sorted by duration so that batches fill up.
 
 Resumable: work is done in chunks of chunk_size utterances, each saved in <out_dir>/.parts/ when finished. Kill
 the run at any point and start the same command again: it carries on from the last finished chunk and ends with
@@ -32,27 +48,36 @@ the same files, byte for byte, as a run that was never interrupted. Batch size d
 only holds clips of the same token length, so no clip is padded by its neighbours), so a run killed by running out
 of GPU memory can go on with a smaller --batch_size.
 
+Under torchrun, chunk c is encoded by rank c % WORLD_SIZE, each on its own GPU (or CPU process), and rank 0 writes
+the shards once every chunk is done: the same bytes as one process, whatever the process count. A killed rank takes
+the job down (torchrun stops the others); the same command, with any process count, finishes it. A folder has a
+meta.json only when it is complete. Each rank reads and decodes audio in `workers` processes ahead of its codec.
+
 Test fixture option: --codec_ckpt='' builds the codec with random weights from --codec_config (e.g.
 tests/fixtures/tiny_stable_codec_config.json); the tokens are then meaningless, but every step runs.
 """
 
+import glob
 import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
 import signal
 import sys
 import time
-from collections import Counter, namedtuple
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import timedelta
 
 import numpy as np
 
 from codec import CKPT_PATH, CONFIG_PATH, TOKENS_PER_SECOND
-from common import atomic_write, check_device, fail, skip_line, skip_summary
+from common import atomic_write, check_device, fail, init_distributed, skip_line, skip_summary
 from data import write_meta, write_split
 from synthetic import SyntheticSpeech, synthetic_corpus
 
@@ -66,8 +91,14 @@ max_sentences = 1  # synthetic: sentences per utterance, at most (2 teaches cont
 multi_share = 0.4  # synthetic, max_sentences > 1: the share of utterances with more than one sentence
 speakers = ""  # synthetic: the speaker ids that speak, e.g. "0,1,2" (hold speaker 3 out to fine-tune on); "" = all 4
 # real speech corpora
-input = ""  # a folder (ljspeech, libritts) or a .jsonl manifest
-format = "auto"  # auto, ljspeech, libritts or jsonl
+input = ""  # a folder (ljspeech, libritts), a .jsonl manifest, or Parquet / tar files: a file, a folder or a glob
+format = "auto"  # auto, ljspeech, libritts, jsonl, parquet or webdataset
+# parquet and webdataset: the Parquet column, or the field of a tar record's .json, that holds each thing
+id_field = "id"  # none: <file>:<row> (Parquet), the record's key (tar)
+text_field = "text"  # tar: a record without a .json has its text in its .txt
+speaker_field = "speaker"  # none: the speaker is unknown
+audio_field = "audio"  # Parquet: an audio file's bytes, Hugging Face's {bytes, path}, or a path
+audio_ext = ""  # tar: the audio member's extension, the first found of a list such as "mp3,flac"; "" = any audio
 min_seconds = 0.5
 max_seconds = 30.0
 max_text_bytes = 1000  # UTF-8 bytes
@@ -78,7 +109,7 @@ codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture, see above)
 device = "auto"  # auto = cuda when there is a GPU, else cpu
 batch_size = 32  # clips per codec call (at most; a batch holds clips of one token length)
 chunk_size = 256  # utterances per resumable unit of work
-workers = 4  # threads reading and resampling audio ahead of the codec
+workers = 4  # processes (per rank) reading, decoding and resampling audio ahead of the codec; 0 = in this one
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 # -----------------------------------------------------------------------------
@@ -121,153 +152,67 @@ if dataset == "synthetic" and not input:
 if not input:
     fail(f"unknown dataset {dataset!r}: use --dataset=synthetic, or pass --input=<folder or manifest.jsonl> to "
          f"prepare a speech corpus under that name")
-if not os.path.exists(input):
-    fail(f"no such file or folder: {input}")
-if format not in ("auto", "ljspeech", "libritts", "jsonl"):
-    fail(f"--format must be auto, ljspeech, libritts or jsonl, not {format!r}")
-if format == "auto" and os.path.isfile(input) and not input.endswith((".jsonl", ".json")):
-    fail(f"{input} is a file but not a .jsonl manifest; pass a folder, or --format=jsonl")
+if not (glob.glob(input, recursive=True) if glob.has_magic(input) else os.path.exists(input)):
+    fail(f"no such file or folder: {input}" + (" (the glob matches nothing)" if glob.has_magic(input) else ""))
+
+from corpora import (CONTAINER_FORMATS, FILE_FORMATS, FORMATS, Fields, Limits, Skip, Utterance,  # noqa: E402
+                     chunk_records, container_files, detect_format, list_utterances, load_chunk, one_line,
+                     parquet_columns, probe)
+
+if format not in ("auto", *FORMATS):
+    fail(f"--format must be auto, {', '.join(FORMATS)}, not {format!r}")
 if format == "auto":
-    is_lj = os.path.exists(os.path.join(input, "metadata.csv"))
-    format = "jsonl" if os.path.isfile(input) else "ljspeech" if is_lj else "libritts"
-if format == "jsonl" and not os.path.isfile(input) or format != "jsonl" and not os.path.isdir(input):
+    format = detect_format(input)
+    if format is None:
+        fail(f"{input} is a file but not a .jsonl manifest, a Parquet file or a .tar shard; pass a folder, or "
+             f"--format")
+if format in FILE_FORMATS and glob.has_magic(input):
+    fail(f"--format={format} reads one folder or manifest, not a glob: {input}")
+if format == "jsonl" and not os.path.isfile(input) or format in ("ljspeech", "libritts") and not os.path.isdir(input):
     fail(f"--format={format} expects a {'manifest file' if format == 'jsonl' else 'folder'}, got {input}")
 if format == "ljspeech" and not os.path.exists(os.path.join(input, "metadata.csv")):
     fail(f"no metadata.csv in {input}; is it an LJSpeech-style folder? (else pass --format)")
-if not 0 < val_fraction < 1 or not 0 <= min_seconds < max_seconds or min(batch_size, chunk_size, workers) < 1:
-    fail("need 0 < val_fraction < 1, 0 <= min_seconds < max_seconds, and batch_size, chunk_size, workers >= 1")
+if not 0 < val_fraction < 1 or not 0 <= min_seconds < max_seconds or min(batch_size, chunk_size) < 1 or workers < 0:
+    fail("need 0 < val_fraction < 1, 0 <= min_seconds < max_seconds, batch_size and chunk_size >= 1, workers >= 0")
+fields = Fields(id_field, text_field, speaker_field, audio_field, audio_ext)
+limits = Limits(min_seconds, max_seconds, max_text_bytes, silence_db)
+files = []  # the container files, in order
+if format in CONTAINER_FORMATS:
+    files = container_files(format, input)
+    if not files:
+        fail(f"no {'.parquet or .arrow' if format == 'parquet' else '.tar'} files in {input} (--format={format})")
+if format == "parquet":
+    try:
+        import pyarrow  # noqa: E402, F401
+    except ImportError:
+        fail("--format=parquet needs pyarrow: pip install -r requirements-corpora.txt")
+    try:  # the columns, from the first file's schema: a misnamed one is one line here, not a corpus of skips
+        columns = parquet_columns(files[0])
+    except Exception as e:
+        fail(f"cannot read {files[0]}: {one_line(e)}")
+    for key in ("text_field", "audio_field", "id_field", "speaker_field"):
+        if globals()[key] not in columns and (key in ("text_field", "audio_field") or key in _overridden):  # noqa
+            fail(f"--{key}={globals()[key]}: {files[0]} has no such column (it has {', '.join(columns)})")
 
-import soundfile as sf  # noqa: E402  (the synthetic corpus needs none of these)
-import torch  # noqa: E402
+import torch  # noqa: E402  (the synthetic corpus needs none of these)
+import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import codec as stable_codec  # noqa: E402
 
-# -----------------------------------------------------------------------------
-# reading the corpus: a list of utterances, and the lines that could not become one
 
-Utterance = namedtuple("Utterance", "id audio name text speaker")  # audio: path; name: how reports call it
-Skip = namedtuple("Skip", "name reason detail")
-AUDIO_EXTENSIONS = {"." + f.lower() for f in sf.available_formats()} | {".opus", ".oga", ".aif"}
-
-
-def clean_text(text):
-    return " ".join(text.split())  # one line, single spaces
-
-
-def read_ljspeech(root):
-    wavs = os.path.join(root, "wavs")
-    audio = {}  # id -> file name in wavs/, whatever the audio format
-    for f in sorted(os.listdir(wavs)) if os.path.isdir(wavs) else []:
-        stem, ext = os.path.splitext(f)
-        if ext.lower() in AUDIO_EXTENSIONS:
-            audio.setdefault(stem, f)
-    with open(os.path.join(root, "metadata.csv"), encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\n").split("|")
-            if len(fields) < 2:
-                yield Skip(f"metadata.csv:{n}", "bad metadata line", "expected id|text|normalized_text")
-                continue
-            uid, text = fields[0].strip(), fields[2] if len(fields) > 2 and fields[2].strip() else fields[1]
-            name = os.path.join("wavs", audio.get(uid, uid + ".wav"))
-            speaker = os.path.basename(os.path.abspath(root))  # one speaker: named after the folder
-            yield Utterance(uid, os.path.join(root, name), name, clean_text(text), speaker)
+def start_workers(n):
+    """n processes that read and decode audio, forked now, before the codec or any thread exists (a fork copies
+    only the thread that calls it). Each ignores Ctrl-C, which the main process answers for all."""
+    if n == 0:
+        return None
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool.submit(int).result()  # a forked pool starts all its processes at the first task
+    return pool
 
 
-def read_libritts(root):
-    for folder, subfolders, files in os.walk(root, followlinks=True):  # a folder of links can pick subsets
-        subfolders.sort()
-        for f in sorted(files):
-            stem, ext = os.path.splitext(f)
-            if ext.lower() not in AUDIO_EXTENSIONS:
-                continue
-            name = os.path.relpath(os.path.join(folder, f), root)
-            parts = name.split(os.sep)
-            speaker = parts[-3] if len(parts) >= 3 else parts[0] if len(parts) == 2 else None
-            for sidecar in (".normalized.txt", ".original.txt", ".txt", ".lab"):
-                if os.path.exists(os.path.join(folder, stem + sidecar)):
-                    try:
-                        with open(os.path.join(folder, stem + sidecar), encoding="utf-8", errors="replace") as t:
-                            text = clean_text(t.read())
-                    except OSError as e:
-                        yield Skip(name, "no text", one_line(e))
-                        break
-                    yield Utterance(os.path.splitext(name)[0], os.path.join(folder, f), name, text, speaker)
-                    break
-            else:
-                yield Skip(name, "no text", f"no {stem}.normalized.txt, .original.txt, .txt or .lab")
-
-
-def read_jsonl(manifest):
-    root = os.path.dirname(manifest)
-    with open(manifest, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                audio, text = row["audio"], row["text"]
-                assert isinstance(audio, str) and isinstance(text, str)
-            except (ValueError, KeyError, TypeError, AssertionError):
-                yield Skip(f"{os.path.basename(manifest)}:{n}", "bad manifest line",
-                           'expected {"audio": path, "text": str}')
-                continue
-            speaker = row.get("speaker")
-            yield Utterance(str(row.get("id", audio)), os.path.join(root, audio), audio, clean_text(text),
-                            None if speaker is None else str(speaker))
-
-
-def probe(u):
-    """Check an utterance from its text and audio header (cheap): -> (utterance, seconds) or a Skip."""
-    text_bytes = len(u.text.encode())
-    if text_bytes == 0:
-        return Skip(u.name, "no text", "empty transcript")
-    if text_bytes > max_text_bytes:
-        return Skip(u.name, "text too long", f"{text_bytes} bytes > max_text_bytes={max_text_bytes}")
-    if not os.path.exists(u.audio):
-        return Skip(u.name, "missing audio", "")
-    try:
-        info = sf.info(u.audio)
-    except Exception as e:
-        return Skip(u.name, "unreadable", one_line(e))
-    return check_duration(u, info.frames / info.samplerate) or (u, info.frames / info.samplerate)
-
-
-def check_duration(u, seconds):
-    if seconds == 0:
-        return Skip(u.name, "empty audio", "no samples")
-    if seconds < min_seconds:
-        return Skip(u.name, "too short", f"{seconds:.2f}s < min_seconds={min_seconds}")
-    if seconds > max_seconds:
-        return Skip(u.name, "too long", f"{seconds:.2f}s > max_seconds={max_seconds}")
-
-
-def one_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def load(u):
-    """An utterance's audio as 16 kHz mono float32 (not yet loudness-normalised), or a Skip."""
-    try:
-        return read_audio(u)
-    except Exception as e:  # corrupt data, or anything else wrong with one file: never stop the run for it
-        return Skip(u.name, "unreadable", one_line(e))
-
-
-def read_audio(u):
-    x = stable_codec.load_audio(u.audio)  # the same downmix and resampler as codec.preprocess, which then normalises
-    if not np.isfinite(x).all():
-        return Skip(u.name, "unreadable", "samples that are not finite numbers")
-    skip = check_duration(u, len(x) / stable_codec.SAMPLE_RATE)
-    if skip:
-        return skip
-    loudness = stable_codec.rms_db(x)
-    if loudness < silence_db:
-        return Skip(u.name, "silent", f"RMS {loudness:.0f} dB < silence_db={silence_db:g}")
-    return x
-
+pool = start_workers(workers)
 
 # -----------------------------------------------------------------------------
 # encoding: one chunk of utterances at a time, each finished chunk saved as a part file
@@ -306,11 +251,12 @@ def save_atomic(path, data):
     atomic_write(path, lambda f: f.write(data))
 
 
-def save_part(path, items, results):
-    """One finished chunk: the tokens of the utterances kept and the reasons for those skipped."""
+def save_part(path, items, results, seconds):
+    """One finished chunk: every utterance's id, name, text and speaker, the tokens of those kept and the reasons
+    for those skipped, and the seconds of audio it held (for the progress of other ranks)."""
     kept = [r for r in results if not isinstance(r, Skip)]
-    info = {"ids": [u.id for u in items],
-            "skipped": [[u.name, r.reason, r.detail] if isinstance(r, Skip) else None for u, r in zip(items, results)]}
+    info = {"items": [[u.id, u.name, u.text, u.speaker] for u in items], "seconds": seconds,
+            "skipped": [[r.name, r.reason, r.detail] if isinstance(r, Skip) else None for r in results]}
     buf = io.BytesIO()
     np.savez(buf, info=np.frombuffer(json.dumps(info).encode(), dtype=np.uint8),
              lengths=np.array([len(r) for r in kept], dtype=np.int64),
@@ -318,15 +264,21 @@ def save_part(path, items, results):
     save_atomic(path, buf.getvalue())
 
 
-def read_part(path, items):
-    """-> per item: token array or Skip."""
+def read_part(path, planned=None):
+    """-> [(Utterance without audio, token array or Skip)]; planned: the ids the plan put in this chunk."""
     with np.load(path) as part:
         info = json.loads(part["info"].tobytes())
-        lengths, tokens = part["lengths"], part["tokens"].astype(np.int64)
-    if info["ids"] != [u.id for u in items]:
+        lengths, tokens = part["lengths"], part["tokens"]
+    if planned is not None and [u[0] for u in info["items"]] != planned:
         fail(f"{path} belongs to another plan; delete {os.path.dirname(path)} and run again")
     rows = iter(np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else [])
-    return [Skip(*s) if s else next(rows) for s in info["skipped"]]
+    return [(Utterance(uid, None, name, text, spk), Skip(*s) if s else next(rows))
+            for (uid, name, text, spk), s in zip(info["items"], info["skipped"])]
+
+
+def part_seconds(path):
+    with np.load(path) as part:
+        return json.loads(part["info"].tobytes())["seconds"]
 
 
 def report(skip):
@@ -342,104 +294,213 @@ def hash_fraction(uid):
 
 
 # -----------------------------------------------------------------------------
-# 1. the codec first, so a missing one fails before any work
+# 1. the codec first, so a missing one fails before any work; under torchrun, one per rank on its own GPU
 device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 try:
     check_device(device)
 except ValueError as e:
     fail(str(e))
+# the ranks only wait for each other (a CPU barrier), however long the slowest takes
+ddp, rank, local_rank, world, device = init_distributed(device, "gloo", timeout=timedelta(days=30))
 torch.backends.cudnn.deterministic = True  # the same tokens when a resumed run re-encodes a chunk
 try:  # a bad config or checkpoint is one line here, before anything is written; codec.py prints its own notes
     codec = stable_codec.Codec(codec_config, codec_ckpt or None, device)
 except stable_codec.CodecUnavailable as e:
     fail(str(e))
+say = print if rank == 0 else lambda *a, **k: None  # noqa: E731  what the job as a whole does: rank 0 says it
 
-# 2. the plan: every utterance, checked from its header, sorted by duration so batches need little padding
-readers = {"ljspeech": read_ljspeech, "libritts": read_libritts, "jsonl": read_jsonl}
-entries = list(readers[format](input))
-if not entries:
-    fail(f"found no utterances in {input} (format {format})")
-print(f"reading {len(entries):,} {format} entries from {input}")
-skipped, seen, candidates = [], set(), []
-for e in entries:
-    if isinstance(e, Skip):
-        skipped.append(e)
-    elif e.id in seen:
-        skipped.append(Skip(e.name, "duplicate id", e.id))
-    else:
-        seen.add(e.id)
-        candidates.append(e)
-pool = ThreadPoolExecutor(workers)
-plan = []  # (utterance, seconds from the header)
-for r in pool.map(probe, candidates):
-    (skipped if isinstance(r, Skip) else plan).append(r)
-for s in skipped:
+# 2. the plan, the same in every rank: a list of chunks
+skipped = []  # what could not become an utterance
+if format in FILE_FORMATS:  # every utterance, checked from its header, sorted by duration so batches fill up
+    entries = list(list_utterances(format, input))
+    if not entries:
+        fail(f"found no utterances in {input} (format {format})")
+    say(f"reading {len(entries):,} {format} entries from {input}")
+    seen, candidates = set(), []
+    for e in entries:
+        if isinstance(e, Skip):
+            skipped.append(e)
+        elif e.id in seen:
+            skipped.append(Skip(e.name, "duplicate id", e.id))
+        else:
+            seen.add(e.id)
+            candidates.append(e)
+    plan = []  # (utterance, seconds from the header)
+    with ThreadPoolExecutor(max(workers, 1)) as threads:
+        for r in threads.map(lambda u: probe(u, limits), candidates):
+            (skipped if isinstance(r, Skip) else plan).append(r)
+    plan.sort(key=lambda p: (p[1], p[0].id))
+    chunks = [[u for u, _ in plan[i:i + chunk_size]] for i in range(0, len(plan), chunk_size)]
+    weights = [sum(s for _, s in plan[i:i + chunk_size]) for i in range(0, len(plan), chunk_size)]
+    listing = [(u.id, u.name, u.text, u.speaker, s) for u, s in plan]
+else:  # runs of records in the order of the files, cut from their metadata; the audio is read when encoded
+    chunks, listing = [], []
+    root = input if os.path.isdir(input) else os.path.dirname(input) or "."
+    for path in files:
+        name = os.path.relpath(path, root)
+        try:
+            runs = chunk_records(format, path, chunk_size)
+        except Exception as e:  # a damaged file: skip it, as a bad audio file is skipped
+            skipped.append(Skip(name, "unreadable", one_line(e)))
+            continue
+        chunks += [(path, *run) for run in runs]
+        listing.append((name, os.path.getsize(path), runs))
+    weights = [n for _, _, n, _ in chunks]  # clips: their duration is known once they are decoded
+    say(f"reading {sum(weights):,} records from {len(files)} {format} files in {input}")
+for s in skipped if rank == 0 else []:
     report(s)
-plan.sort(key=lambda p: (p[1], p[0].id))
-chunks = [plan[i:i + chunk_size] for i in range(0, len(plan), chunk_size)]
 
 # 3. encode every chunk without a part file; a finished chunk is never redone
 settings = dict(format=format, min_seconds=min_seconds, max_seconds=max_seconds, max_text_bytes=max_text_bytes,
                 silence_db=silence_db, val_fraction=val_fraction)
+if format in CONTAINER_FORMATS:
+    settings.update(id_field=id_field, text_field=text_field, speaker_field=speaker_field, audio_field=audio_field,
+                    audio_ext=audio_ext)
 with open(codec_config, "rb") as f:
     codec_id = [hashlib.sha256(f.read()).hexdigest(), os.path.getsize(codec_ckpt) if codec_ckpt else "random"]
-key = hashlib.sha256(json.dumps([settings, codec_id, chunk_size, torch.device(device).type,
-                                 [(u.id, u.name, u.text, u.speaker, s) for u, s in plan]]).encode()).hexdigest()
+key = hashlib.sha256(json.dumps([settings, codec_id, chunk_size, torch.device(device).type, listing]).encode())
+key = key.hexdigest()
+if ddp:  # every rank must have planned the same work, or the shards would mix two corpora
+    keys = [None] * world
+    dist.all_gather_object(keys, key)
+    if len(set(keys)) > 1:
+        fail(f"the ranks planned different work from --input={input} (ranks {[k[:8] for k in keys]}); every node "
+             f"must see the same files and settings")
 parts_dir = os.path.join(out_dir, ".parts")
-os.makedirs(parts_dir, exist_ok=True)
 key_path = os.path.join(parts_dir, "plan.sha256")
-if not os.path.exists(key_path) or open(key_path).read() != key:
-    if any(f.endswith(".npz") for f in os.listdir(parts_dir)):
-        print(f"note: {parts_dir} is from another input or other settings; starting over")
-    shutil.rmtree(parts_dir)
-    os.makedirs(parts_dir)
-    save_atomic(key_path, key.encode())
-for f in os.listdir(parts_dir):  # a write cut short by a kill
-    if ".tmp" in f:
-        os.remove(os.path.join(parts_dir, f))
 part_path = lambda c: os.path.join(parts_dir, f"{c:05d}.npz")  # noqa: E731
-todo = [c for c in range(len(chunks)) if not os.path.exists(part_path(c))]
-done_seconds = sum(s for c in sorted(set(range(len(chunks))) - set(todo)) for _, s in chunks[c])
-if len(todo) < len(chunks):
-    print(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done")
-total_seconds = sum(s for _, s in plan)
-print(f"encoding {len(plan):,} utterances ({total_seconds / 3600:.2f} h) in {len(chunks)} chunks on {device}")
-t_encode, encoded_seconds = time.time(), 0.0
+if rank == 0:  # the others wait until it has made .parts/ right for this plan
+    os.makedirs(parts_dir, exist_ok=True)
+    if not os.path.exists(key_path) or open(key_path).read() != key:
+        if any(f.endswith(".npz") for f in os.listdir(parts_dir)):
+            print(f"note: {parts_dir} is from another input or other settings; starting over")
+        shutil.rmtree(parts_dir)
+        os.makedirs(parts_dir)
+        save_atomic(key_path, key.encode())
+    for f in os.listdir(parts_dir):  # a write cut short by a kill
+        if ".tmp" in f:
+            os.remove(os.path.join(parts_dir, f))
+    if os.path.exists(os.path.join(out_dir, "meta.json")):  # a folder being made has no meta.json: not complete
+        os.remove(os.path.join(out_dir, "meta.json"))
+if ddp:
+    dist.barrier()
+done_at_start = {c for c in range(len(chunks)) if os.path.exists(part_path(c))}
+todo = [c for c in range(rank, len(chunks), world) if c not in done_at_start]
+if done_at_start:
+    say(f"resuming: {len(done_at_start)} of {len(chunks)} chunks already done")
+say(f"encoding {sum(weights) if format in CONTAINER_FORMATS else len(listing):,} utterances"
+    + (f" ({sum(weights) / 3600:.2f} h)" if format in FILE_FORMATS else "") + f" in {len(chunks)} chunks on "
+    + (f"{world} processes ({torch.device(device).type})" if ddp else device))
 signal.signal(signal.SIGINT, lambda *_: fail("interrupted; run the same command again to carry on from here"))
-bar = tqdm(total=total_seconds, initial=done_seconds, unit="s", unit_scale=True, dynamic_ncols=True, desc="audio",
-           smoothing=0.1)  # counts seconds of audio, not files: the ETA holds although short files come first
-loading = [pool.submit(load, u) for u, _ in chunks[todo[0]]] if todo else []
-for n, c in enumerate(todo):
-    clips = [f.result() for f in loading]
-    if n + 1 < len(todo):  # read the next chunk while this one encodes
-        loading = [pool.submit(load, u) for u, _ in chunks[todo[n + 1]]]
-    seconds = [s for _, s in chunks[c]]
-    results = encode_chunk(codec, clips, lambda rows: bar.update(sum(seconds[i] for i in rows)))
-    bar.update(sum(s for s, clip in zip(seconds, clips) if isinstance(clip, Skip)))
-    encoded_seconds += sum(seconds)
-    items = [u for u, _ in chunks[c]]
-    results = [r._replace(name=u.name) if isinstance(r, Skip) else r for u, r in zip(items, results)]
-    for r in results:
+# rank 0's bar: the whole job's audio (file formats: seconds; else clips), each rank's finished chunks read from
+# .parts/, the audio hours encoded per second of this run
+bar = tqdm(total=sum(weights), initial=sum(weights[c] for c in done_at_start), unit="s" if format in FILE_FORMATS
+           else "clip", unit_scale=True, dynamic_ncols=True, desc="audio", smoothing=0.1, disable=rank != 0)
+t_start, finished, last_look = time.time(), {}, [0.0]  # finished: chunk -> seconds, those done by this run
+
+
+def show(partial=0.0, partial_seconds=0.0):
+    """Rank 0's bar, from every part file (at most every 2 s): partial is this rank's chunk so far."""
+    if rank != 0 or time.time() - last_look[0] < 2 and partial:
+        return
+    last_look[0] = time.time()
+    on_disk = {int(f[:-4]) for f in os.listdir(parts_dir) if f.endswith(".npz")}
+    for c in on_disk - done_at_start - set(finished):
+        finished[c] = part_seconds(part_path(c))
+    bar.n = sum(weights[c] for c in done_at_start | set(finished)) + partial
+    hours = (sum(finished.values()) + partial_seconds) / 3600
+    ranks = " ".join(f"{sum(1 for c in on_disk if c % world == r)}/{len(range(r, len(chunks), world))}"
+                     for r in range(world))
+    rate = hours / max(time.time() - t_start, 1e-9)
+    bar.set_postfix_str(f"{rate:.3g} audio h/s = {rate * 3600:.0f}x real time, chunks by rank {ranks}", refresh=False)
+    bar.refresh()
+
+
+def submit(c):
+    """Chunk c read and decoded by a worker process (or here, with workers=0)."""
+    args = (format, chunks[c], input, fields, limits)
+    if pool:
+        return pool.submit(load_chunk, *args)
+    future = Future()
+    future.set_result(load_chunk(*args))
+    return future
+
+
+def fill():
+    while len(ahead) < max(workers, 1) and (c := next(queue, None)) is not None:
+        ahead.append(submit(c))
+
+
+t_read = t_encode = encoded_seconds = 0.0
+encoded_clips = 0
+ahead, queue = deque(), iter(todo)  # chunks being read: as many as there are workers
+for c in todo:
+    fill()
+    t = time.time()
+    try:
+        loaded = ahead.popleft().result()
+    except BrokenProcessPool:
+        fail("a worker process reading audio died (out of memory, or a decoder crashed on a file); run the same "
+             "command again, with --workers=0 to see which file")
+    t_read += time.time() - t
+    fill()  # the next chunks are read while this one encodes
+    items, clips = [u for u, _ in loaded], [r for _, r in loaded]
+    seconds = [0.0 if isinstance(x, Skip) else len(x) / stable_codec.SAMPLE_RATE for x in clips]
+    for r in clips:
         if isinstance(r, Skip):
             report(r)
-    save_part(part_path(c), items, results)
-bar.close()
-pool.shutdown()
-if todo:
-    elapsed = time.time() - t_encode
-    print(f"encoded {encoded_seconds / 3600:.2f} h of audio in {elapsed:.1f}s "
-          f"({encoded_seconds / max(elapsed, 1e-9):.0f}x real time)")
+    weight = seconds if format in FILE_FORMATS else [1] * len(clips)
+    done_rows = []
 
-# 4. merge the parts in order into the shards: utterances sorted by id, the split by a hash of the id
-kept = []  # (id, text, tokens, speaker name)
-for c, chunk in enumerate(chunks):
-    items = [u for u, _ in chunk]
-    for u, r in zip(items, read_part(part_path(c), items)):
+    def progress(rows):
+        done_rows.extend(rows)
+        show(sum(weight[i] for i in done_rows), sum(seconds[i] for i in done_rows))
+
+    t = time.time()
+    results = encode_chunk(codec, clips, progress)
+    t_encode += time.time() - t
+    results = [r._replace(name=u.name) if isinstance(r, Skip) else r for u, r in zip(items, results)]
+    for r, x in zip(results, clips):
+        if isinstance(r, Skip) and not isinstance(x, Skip):
+            report(r)
+    save_part(part_path(c), items, results, sum(seconds))
+    encoded_seconds += sum(seconds)
+    encoded_clips += sum(not isinstance(r, Skip) for r in results)
+    show()
+if pool:
+    pool.shutdown()
+if todo:
+    elapsed = time.time() - t_start
+    print(f"{f'rank {rank}: ' if ddp else ''}encoded {encoded_clips:,} clips, {encoded_seconds / 3600:.3f} h of audio "
+          f"in {elapsed:.1f}s: {encoded_clips / elapsed:.1f} clips/s, {encoded_seconds / elapsed:.0f}x real time; "
+          f"waiting for audio {t_read:.1f}s, encoding {t_encode:.1f}s", flush=True)
+if ddp:
+    dist.barrier()  # every rank's chunks are on disk
+    if rank != 0:
+        dist.destroy_process_group()
+        sys.exit(0)
+show()
+bar.close()
+
+# 4. merge the parts in order into the shards: utterances sorted by id (the first of an id in the input kept), the
+# split by a hash of the id
+missing = [c for c in range(len(chunks)) if not os.path.exists(part_path(c))]
+if missing:  # a rank that stopped without an error: never write shards that look complete
+    fail(f"{len(missing)} of {len(chunks)} chunks are not done (chunk {missing[0]} first); run the same command again")
+kept = []  # (id, chunk, position, text, tokens, speaker name, name)
+for c in range(len(chunks)):
+    planned = [u.id for u in chunks[c]] if format in FILE_FORMATS else None
+    for i, (u, r) in enumerate(read_part(part_path(c), planned)):
         if isinstance(r, Skip):
             skipped.append(r)
         else:
-            kept.append((u.id, u.text.encode(), r, u.speaker))
-kept.sort(key=lambda k: k[0])
+            kept.append((u.id, c, i, u.text.encode(), r, u.speaker, u.name))
+kept.sort(key=lambda k: k[:3])
+for i in range(len(kept) - 1, 0, -1):
+    if kept[i][0] == kept[i - 1][0]:
+        skipped.append(Skip(kept[i][6], "duplicate id", kept[i][0]))
+        report(skipped[-1])
+        del kept[i]
 skipped.sort(key=lambda s: (s.name, s.reason))
 summary = skip_summary(s.reason for s in skipped)
 print(f"kept {len(kept):,} of {len(kept) + len(skipped):,} utterances" + (f"; skipped {summary}" if summary else ""))
@@ -449,14 +510,14 @@ ids = [k[0] for k in kept]
 val_ids = {uid for uid in ids if is_val(uid)} or {min(ids, key=hash_fraction)}
 if len(val_ids) == len(ids):
     val_ids.remove(max(ids, key=hash_fraction))
-speakers = sorted({k[3] for k in kept if k[3] is not None})
+speakers = sorted({k[5] for k in kept if k[5] is not None})
 speaker_index = {s: i for i, s in enumerate(speakers)}
 for name in os.listdir(out_dir):  # files a kill left behind while writing the shards
     if re.fullmatch(r"(train|val)\.(text\.bin|audio\.bin|index\.npy)\.tmp\d+|(meta\.json|skipped\.tsv)\.tmp\d+", name):
         os.remove(os.path.join(out_dir, name))
 stats = {}
 for split in ("train", "val"):
-    rows = [(text, tokens, speaker_index.get(spk, -1)) for uid, text, tokens, spk in kept
+    rows = [(text, tokens, speaker_index.get(spk, -1)) for uid, _, _, text, tokens, spk, _ in kept
             if (uid in val_ids) == (split == "val")]
     stats[split] = write_split(out_dir, split, rows)
 save_atomic(os.path.join(out_dir, "skipped.tsv"),
@@ -472,3 +533,5 @@ for split, s in stats.items():
 if skipped:
     print(f"skipped files are listed in {os.path.join(out_dir, 'skipped.tsv')}")
 print(f"wrote {out_dir} in {time.time() - t0:.1f}s")
+if ddp:
+    dist.destroy_process_group()

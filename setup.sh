@@ -3,7 +3,8 @@
 #   bash setup.sh            then   .venv/bin/python -m pytest -q tests
 # 1. torch first, so nothing later can swap it for another build (PyPI gives the CUDA build on a GPU machine;
 #    on the CPU-only dev/CI machine pip finds the CPU build on local disk).
-# 2. requirements.txt (core) and requirements-eval.txt (Whisper, DNSMOS, speaker similarity).
+# 2. requirements.txt (core), requirements-eval.txt (Whisper, DNSMOS, speaker similarity) and
+#    requirements-corpora.txt (Parquet for prepare.py).
 # 3. requirements-codec.txt and resemblyzer with --no-deps: their own metadata pins an old torch and packages
 #    that no longer build; the files list what the code really imports.
 # 4. Test audio from Debian, when apt-get is there: real recorded prompts with transcripts, and a synthesiser.
@@ -23,7 +24,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip"
 $PIP install -q "$TORCH"
-$PIP install -q -r requirements.txt -r requirements-eval.txt
+$PIP install -q -r requirements.txt -r requirements-eval.txt -r requirements-corpora.txt
 $PIP install -q --no-deps -r requirements-codec.txt resemblyzer==0.1.4
 .venv/bin/python -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
 echo "ready: . .venv/bin/activate"

@@ -36,11 +36,11 @@ from dataclasses import fields
 
 import numpy as np
 import torch
-from torch.distributed import destroy_process_group, init_process_group
+from torch.distributed import destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codec import CKPT_PATH, CONFIG_PATH, SAMPLE_RATE
-from common import DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops
+from common import DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops, init_distributed
 from data import (CheckpointError, Shards, get_batch, get_packed_batch, length_sorted_rows, load_checkpoint,
                   read_model, save_checkpoint)
 from model import GPT, PAD, GPTConfig
@@ -160,23 +160,15 @@ if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file; give a folder for the checkpoint and log")
 
 # distributed setup: torchrun sets RANK / LOCAL_RANK / WORLD_SIZE
-ddp = int(os.environ.get("RANK", -1)) != -1
-if ddp:
-    ddp_rank, ddp_local_rank, ddp_world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    if device.startswith("cuda"):
-        device = f"cuda:{ddp_local_rank}"
-        torch.cuda.set_device(device)
-    init_process_group(backend=backend or ("nccl" if device.startswith("cuda") else "gloo"))
-    master_process = ddp_rank == 0
-    if gradient_accumulation_steps % ddp_world_size:  # each process runs an equal share of the micro-steps
-        rounded = -(-gradient_accumulation_steps // ddp_world_size) * ddp_world_size
-        if master_process:
-            print(f"note: gradient_accumulation_steps {gradient_accumulation_steps} -> {rounded}, a multiple of the "
-                  f"{ddp_world_size} processes")
-        gradient_accumulation_steps = rounded
-    gradient_accumulation_steps //= ddp_world_size
-else:
-    ddp_rank, ddp_world_size, master_process = 0, 1, True
+ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(device, backend)
+master_process = ddp_rank == 0
+if ddp and gradient_accumulation_steps % ddp_world_size:  # each process runs an equal share of the micro-steps
+    rounded = -(-gradient_accumulation_steps // ddp_world_size) * ddp_world_size
+    if master_process:
+        print(f"note: gradient_accumulation_steps {gradient_accumulation_steps} -> {rounded}, a multiple of the "
+              f"{ddp_world_size} processes")
+    gradient_accumulation_steps = rounded
+gradient_accumulation_steps //= ddp_world_size
 device_type = "cuda" if device.startswith("cuda") else "cpu"
 
 torch.backends.cuda.matmul.allow_tf32 = True

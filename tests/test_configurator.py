@@ -18,7 +18,7 @@ from conftest import ROOT, one_line_error, run
                          "  best_of = 1  # sample each chunk"]),  # generate.Sampling's fields
     ("bench.py", ["--help"], ["(a config file sets only block_size, n_layer,", "  n_layer = 12\n",
                               "  temperature = 0.6  # 0 = greedy\n"]),
-    ("prepare.py", ["--help"], ["  workers = 4  # threads reading and resampling audio ahead of the codec\n"]),
+    ("prepare.py", ["--help"], ["  workers = 4  # processes (per rank) reading, decoding and resampling audio ahead of the codec; 0 = in this one\n"]),
     ("export.py", ["--help"], ["  export_dir = ''  # the folder to write (required)"]),
 ])
 def test_help_lists_every_setting(tmp_path, script, args, needles):

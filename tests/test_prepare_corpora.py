@@ -1,0 +1,243 @@
+"""
+prepare.py at corpus scale: Parquet files (audio as bytes or as Hugging Face's {bytes, path}), a Hugging Face
+save_to_disk folder and WebDataset tar shards, built here from real recorded speech (the Asterisk prompts, Debian
+package asterisk-core-sounds-en-g722) with the bad rows real corpora have, prepare into the same shards as the same
+utterances in a JSONL manifest. torchrun with 2 processes (gloo, CPU) writes the same bytes as one process, and so
+does a 2-process job killed with SIGKILL and started again. The tiny random-weight codec from tests/fixtures stands
+in for the real one (--codec_ckpt='').
+"""
+
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from conftest import ROOT, one_line_error, run
+
+sys.path.insert(0, ROOT)
+sf = pytest.importorskip("soundfile")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+import speech_metrics as sm  # noqa: E402
+
+ASTERISK = sm.available()["asterisk"]
+
+pytestmark = [
+    pytest.mark.skipif(ASTERISK is not None, reason=str(ASTERISK)),
+    pytest.mark.skipif(importlib.util.find_spec("stable_codec") is None,
+                       reason="needs stable_codec: pip install --no-deps -r requirements-codec.txt"),
+]
+TINY_CODEC = [f"--codec_config={os.path.join(ROOT, 'tests', 'fixtures', 'tiny_stable_codec_config.json')}",
+              "--codec_ckpt=", "--device=cpu"]
+SHARD_FILES = [f"{split}.{name}" for split in ("train", "val") for name in ("text.bin", "audio.bin", "index.npy")]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same float arithmetic in every process: the same tokens
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """Rows {id, text, speaker, audio: bytes or None}: 8 prompts, 2 speakers (the prompts as recorded, and sped
+    up), as FLAC, WAV and OGG; then the bad ones: no audio bytes, corrupt audio, empty text.
+    Returns (rows, {id: reason} of the bad ones)."""
+    rows = []
+    for i, (name, wav, text) in enumerate(sm.load_asterisk_prompts(8, min_words=4, max_words=12)):
+        buf = io.BytesIO()
+        fmt = ["FLAC", "WAV", "OGG"][i % 3]
+        sf.write(buf, wav if i % 2 else wav[::2], 16000 if i % 2 else 8000, format=fmt)  # every 2nd at 8 kHz
+        rows.append({"id": name, "text": text, "speaker": ["allison", "allison-8k"][i % 2], "audio": buf.getvalue()})
+    rows += [{"id": "no-audio", "text": "There is no audio here.", "speaker": "allison", "audio": None},
+             {"id": "corrupt", "text": "This audio is garbage.", "speaker": "allison",
+              "audio": b"RIFF\x00\x01garbage, not a wave file at all" * 10},
+             {"id": "no-text", "text": "", "speaker": "allison", "audio": rows[0]["audio"]}]
+    return rows, {"no-audio": "missing audio", "corrupt": "unreadable", "no-text": "no text"}
+
+
+def write_jsonl(rows, folder):
+    folder.mkdir()
+    lines = []
+    for r in rows:
+        if r["audio"] is not None:
+            (folder / f"{r['id']}.audio").write_bytes(r["audio"])
+        lines.append(json.dumps({"id": r["id"], "audio": f"{r['id']}.audio", "text": r["text"],
+                                 "speaker": r["speaker"]}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.jsonl"
+
+
+def table(rows, hf_struct):
+    audio = [{"bytes": r["audio"], "path": f"{r['id']}.flac"} for r in rows] if hf_struct else \
+        [r["audio"] for r in rows]
+    return pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows],
+                     "speaker": [r["speaker"] for r in rows], "audio": audio})
+
+
+def write_parquet(rows, folder, hf_struct=False):
+    """Two files (as Hugging Face's data/train-0000N-of-00002.parquet) of row groups of 2 rows."""
+    (folder / "data").mkdir(parents=True)
+    half = len(rows) // 2
+    for n, part in enumerate((rows[:half], rows[half:])):
+        pq.write_table(table(part, hf_struct), folder / "data" / f"train-{n:05d}-of-00002.parquet", row_group_size=2)
+    return folder
+
+
+def write_save_to_disk(rows, folder):
+    """What datasets' save_to_disk writes: Arrow stream files named in state.json, batches of 3 rows here."""
+    folder.mkdir()
+    t = table(rows, hf_struct=True)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
+        for batch in t.to_batches(max_chunksize=3):
+            w.write_batch(batch)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}],
+                                                   "_split": "train"}))
+    (folder / "dataset_info.json").write_text("{}")
+    return folder
+
+
+def write_tars(rows, folder):
+    """Emilia's layout: <key>.flac + <key>.json ({id, text, speaker}) per record, in two shards (one gzipped)."""
+    folder.mkdir()
+    half = len(rows) // 2
+    for n, part in enumerate((rows[:half], rows[half:])):
+        with tarfile.open(folder / f"shard-{n:06d}.tar{'.gz' if n else ''}", "w:gz" if n else "w") as tar:
+            for i, r in enumerate(part):
+                key = f"EN_B{n:05d}_W{i:06d}"
+                members = [("json", json.dumps({"id": r["id"], "text": r["text"], "speaker": r["speaker"]}).encode())]
+                members += [("flac", r["audio"])] if r["audio"] is not None else []
+                for ext, data in members:
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
+def process_tree(pid):
+    """pid and every process below it, from /proc."""
+    children = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(p))
+    tree, todo = set(), [pid]
+    while todo:
+        tree.add(todo[-1])
+        todo += [c for c in children.get(todo.pop(), []) if c not in tree]
+    return tree
+
+
+def environ(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def signal_quietly(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:  # gone already
+        pass
+
+
+def prepare(tmp_path, name, input, *args, script="prepare.py"):
+    return run(script, f"--dataset={name}", f"--input={input}", f"--out_dir={tmp_path / name}", *TINY_CODEC, *args,
+               cwd=tmp_path, env=ENV)
+
+
+def same_files(a, b, files):
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f"{f} differs between {a} and {b}"
+
+
+def test_parquet_and_tar_shards_prepare_like_a_jsonl_manifest(corpus, tmp_path):
+    rows, bad = corpus
+    manifest = write_jsonl(rows, tmp_path / "jsonl")
+    prepare(tmp_path, "jsonl", manifest)
+    expected = json.loads((tmp_path / "jsonl" / "meta.json").read_text())
+    assert sum(s["utterances"] for s in expected["splits"].values()) == 8
+    assert expected["speakers"] == ["allison", "allison-8k"]
+    assert expected["skipped"] == {"missing audio": 1, "no text": 1, "unreadable": 1}
+    inputs = {"parquet": write_parquet(rows, tmp_path / "pq-bytes"),  # a folder found at any depth
+              "parquet_hf": f"{write_parquet(rows, tmp_path / 'pq-hf', hf_struct=True)}/data/*.parquet",  # a glob
+              "save_to_disk": write_save_to_disk(rows, tmp_path / "hf-disk"),
+              "tars": write_tars(rows, tmp_path / "tars")}
+    for name, input in inputs.items():
+        proc = prepare(tmp_path, name, input, "--chunk_size=3", "--workers=2")
+        same_files(tmp_path / "jsonl", tmp_path / name, SHARD_FILES)
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        assert meta["splits"] == expected["splits"] and meta["speakers"] == expected["speakers"]
+        assert meta["skipped"] == expected["skipped"], proc.stdout
+        skips = [line for line in proc.stdout.splitlines() if line.startswith("skip ")]
+        assert len(skips) == 3 and all(f": {reason}" in "".join(skips) for reason in bad.values()), proc.stdout
+        assert not (tmp_path / name / ".parts").exists()
+
+
+def test_torchrun_matches_one_process_and_survives_sigkill(corpus, tmp_path):
+    """2 processes write the bytes 1 process writes; SIGKILL of the whole job, then the same command, too."""
+    rows, _ = corpus
+    more = [{**r, "id": f"{r['id']}-{n}"} for n in range(3) for r in rows[:8]] + rows[8:]  # 24 utterances, 3 bad
+    data = write_parquet(more, tmp_path / "pq")
+    args = ["--chunk_size=2", "--batch_size=2", "--workers=1"]
+    prepare(tmp_path, "one", data, *args)
+    files = sorted(os.listdir(tmp_path / "one"))
+    assert "meta.json" in files and "skipped.tsv" in files
+    out = tmp_path / "two"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                os.path.join(ROOT, "prepare.py"), "--dataset=one", f"--input={data}", f"--out_dir={out}", *TINY_CODEC,
+                *args]
+    proc = subprocess.run(torchrun, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rank 0: encoded" in proc.stdout and "rank 1: encoded" in proc.stdout
+    assert sorted(os.listdir(out)) == files
+    same_files(tmp_path / "one", out, files)
+
+    # one rank killed: torchrun stops the other, and the folder does not look complete; then the whole job killed
+    # (every process, as a scheduler does), and then the same command finishes with the same bytes
+    out = tmp_path / "killed"
+    torchrun[torchrun.index(f"--out_dir={tmp_path / 'two'}")] = f"--out_dir={out}"
+    torchrun[torchrun.index("--chunk_size=2")] = "--chunk_size=1"  # 27 chunks: time to kill a job part-way
+    done = lambda: {f for f in os.listdir(out / ".parts") if f.endswith(".npz")} if (out / ".parts").exists() \
+        else set()  # noqa: E731
+    for kill in ("rank 1", "the job"):
+        job = subprocess.Popen(torchrun, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+        before, deadline = len(done()), time.time() + 300
+        while time.time() < deadline and job.poll() is None and len(done()) < before + 3:
+            time.sleep(0.01)
+        tree = process_tree(job.pid)  # torchrun starts each rank in a session of its own: a kill names each
+        ranks = {p for p in tree if f"RANK={kill[-1]}" in environ(p)} if kill == "rank 1" else tree
+        for pid in ranks:
+            signal_quietly(pid, signal.SIGSTOP)  # none finishes or starts another while the others are killed
+        for pid in ranks | (process_tree(job.pid) if kill == "the job" else set()):
+            signal_quietly(pid, signal.SIGKILL)
+        stderr = job.communicate(timeout=120)[1]
+        assert job.returncode != 0, f"the job finished before {kill} could be killed"
+        assert before + 3 <= len(done()) < 27 and not (out / "meta.json").exists(), (kill, stderr)
+    finished = len(done())
+    proc = subprocess.run(torchrun, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"resuming: {finished} of 27 chunks already done" in proc.stdout, proc.stdout
+    same_files(tmp_path / "one", out, files)
+
+
+def test_container_mistakes_are_one_line_errors(corpus, tmp_path):
+    rows, _ = corpus
+    data = write_parquet(rows[:2], tmp_path / "pq")
+    cases = [(["--text_field=transcript"], "--text_field=transcript"),
+             (["--speaker_field=spk"], "--speaker_field=spk"),
+             ([f"--input={tmp_path}/nothing-*.parquet"], "the glob matches nothing"),
+             (["--format=webdataset"], "no .tar files")]
+    for args, needle in cases:
+        proc = run("prepare.py", "--dataset=x", f"--input={data}", f"--out_dir={tmp_path}/x", *TINY_CODEC, *args,
+                   cwd=tmp_path, check=False)
+        one_line_error(proc, needle)
+        assert not (tmp_path / "x").exists()
