@@ -1,6 +1,7 @@
 """
 The few helpers and constants that several scripts share, each defined once: the one-line error a user sees, atomic
-file writes, the compute dtypes, the default device, torchrun's processes, GPU peak FLOP/s, how a skipped file is reported.
+file writes, the compute dtypes, the default device, torchrun's processes, GPU peak FLOP/s, how a skipped file is
+reported.
 """
 
 import os

@@ -13,8 +13,11 @@ Two kinds of format:
 import glob
 import io
 import json
+import multiprocessing
 import os
+import signal
 import tarfile
+from concurrent.futures import ProcessPoolExecutor
 from collections import namedtuple
 
 import numpy as np
@@ -307,12 +310,24 @@ def is_compressed(path):
     return head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head == b"\xfd7zXZ\x00"
 
 
-def parquet_columns(path):
-    """The column names of a Parquet file or Arrow stream, from its schema."""
-    if path.endswith(".arrow"):
-        with pa_stream(path) as stream:
-            return stream.schema.names
-    return pq().read_schema(path).names
+def parquet_problem(path, fields):
+    """None, or one line on what keeps a Parquet file (or Arrow stream) from being read: no pyarrow, a file that
+    is not Parquet, or a column of fields ({"--text_field=text": required}) it does not have."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return "--format=parquet needs pyarrow: pip install -r requirements-corpora.txt"
+    try:
+        if path.endswith(".arrow"):
+            with pa_stream(path) as stream:
+                columns = stream.schema.names
+        else:
+            columns = pq().read_schema(path).names
+    except Exception as e:
+        return f"cannot read {path}: {one_line(e)}"
+    for flag, required in fields.items():
+        if required and flag.split("=", 1)[1] not in columns:
+            return f"{flag}: {path} has no such column (it has {', '.join(columns)})"
 
 
 def pq():
@@ -371,6 +386,17 @@ def load(u, limits):
     if loudness < limits.silence_db:
         return Skip(u.name, "silent", f"RMS {loudness:.0f} dB < silence_db={limits.silence_db:g}")
     return x
+
+
+def start_workers(n):
+    """n processes that read and decode audio (None for n=0), forked at once: call it before any thread exists (a
+    fork copies only the thread that calls it). Each ignores Ctrl-C, which the main process answers for all."""
+    if n == 0:
+        return None
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool.submit(int).result()  # a forked pool starts all its processes at its first task
+    return pool
 
 
 def load_chunk(fmt, spec, root, fields, limits):

@@ -18,7 +18,7 @@ A real speech corpus, encoded to Stable Codec tokens (25 per second; needs the c
     python train.py --dataset=ljspeech ...       # needs the codec weights (to prepare it): reads data/ljspeech/
 On every GPU of a node, or of two nodes (train.py's torchrun flags; out_dir on a filesystem every node sees):
     torchrun --standalone --nproc_per_node=8 prepare.py --dataset=hf --input=my_dataset/data  # on a GPU
-    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=node0 prepare.py --dataset=hf --input=...  # on a GPU
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=node0 prepare.py --input=...  # on a GPU
 The format is detected from --input (or --format=ljspeech|libritts|jsonl|parquet|webdataset):
     ljspeech   a folder with metadata.csv (`id|text|normalized_text` lines; the normalized text is used when
                present) and wavs/<id>.wav (or any other audio extension)
@@ -62,7 +62,6 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
 import re
 import shutil
@@ -70,7 +69,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 
@@ -150,14 +149,14 @@ if dataset == "synthetic" and not input:
     print(f"wrote {out_dir} in {time.time() - t0:.1f}s")
     sys.exit(0)
 if not input:
-    fail(f"unknown dataset {dataset!r}: use --dataset=synthetic, or pass --input=<folder or manifest.jsonl> to "
-         f"prepare a speech corpus under that name")
+    fail(f"unknown dataset {dataset!r}: use --dataset=synthetic, or pass --input=<a folder, a manifest.jsonl, or "
+         f"Parquet or tar files> to prepare a speech corpus under that name")
 if not (glob.glob(input, recursive=True) if glob.has_magic(input) else os.path.exists(input)):
     fail(f"no such file or folder: {input}" + (" (the glob matches nothing)" if glob.has_magic(input) else ""))
 
 from corpora import (CONTAINER_FORMATS, FILE_FORMATS, FORMATS, Fields, Limits, Skip, Utterance,  # noqa: E402
                      chunk_records, container_files, detect_format, list_utterances, load_chunk, one_line,
-                     parquet_columns, probe)
+                     parquet_problem, probe, start_workers)
 
 if format not in ("auto", *FORMATS):
     fail(f"--format must be auto, {', '.join(FORMATS)}, not {format!r}")
@@ -181,18 +180,12 @@ if format in CONTAINER_FORMATS:
     files = container_files(format, input)
     if not files:
         fail(f"no {'.parquet or .arrow' if format == 'parquet' else '.tar'} files in {input} (--format={format})")
-if format == "parquet":
-    try:
-        import pyarrow  # noqa: E402, F401
-    except ImportError:
-        fail("--format=parquet needs pyarrow: pip install -r requirements-corpora.txt")
-    try:  # the columns, from the first file's schema: a misnamed one is one line here, not a corpus of skips
-        columns = parquet_columns(files[0])
-    except Exception as e:
-        fail(f"cannot read {files[0]}: {one_line(e)}")
-    for key in ("text_field", "audio_field", "id_field", "speaker_field"):
-        if globals()[key] not in columns and (key in ("text_field", "audio_field") or key in _overridden):  # noqa
-            fail(f"--{key}={globals()[key]}: {files[0]} has no such column (it has {', '.join(columns)})")
+if format == "parquet":  # the first file's columns: a misnamed one is one line here, not a corpus of skips
+    asked = {"text_field", "audio_field"} | _overridden  # noqa: F821  (configurator.py's): id, speaker may be absent
+    problem = parquet_problem(files[0], {f"--{k}={globals()[k]}": k in asked
+                                         for k in ("text_field", "audio_field", "id_field", "speaker_field")})
+    if problem:
+        fail(problem)
 
 import torch  # noqa: E402  (the synthetic corpus needs none of these)
 import torch.distributed as dist  # noqa: E402
@@ -200,19 +193,7 @@ from tqdm import tqdm  # noqa: E402
 
 import codec as stable_codec  # noqa: E402
 
-
-def start_workers(n):
-    """n processes that read and decode audio, forked now, before the codec or any thread exists (a fork copies
-    only the thread that calls it). Each ignores Ctrl-C, which the main process answers for all."""
-    if n == 0:
-        return None
-    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-    pool.submit(int).result()  # a forked pool starts all its processes at the first task
-    return pool
-
-
-pool = start_workers(workers)
+pool = start_workers(workers)  # forked now, before the codec or any thread exists
 
 # -----------------------------------------------------------------------------
 # encoding: one chunk of utterances at a time, each finished chunk saved as a part file
