@@ -42,8 +42,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same float arithmetic in eve
 
 @pytest.fixture(scope="module")
 def corpus():
-    """Rows {id, text, speaker, audio: bytes or None}: 8 prompts, 2 speakers (the prompts as recorded, and sped
-    up), as FLAC, WAV and OGG; then the bad ones: no audio bytes, corrupt audio, empty text.
+    """Rows {id, text, speaker, audio: bytes or None}: 8 prompts, 2 speakers (the prompts as recorded, and at
+    8 kHz), as FLAC, WAV and OGG; then the bad ones: no audio bytes, corrupt audio, empty text, an id again.
     Returns (rows, {id: reason} of the bad ones)."""
     rows = []
     for i, (name, wav, text) in enumerate(sm.load_asterisk_prompts(8, min_words=4, max_words=12)):
@@ -54,18 +54,19 @@ def corpus():
     rows += [{"id": "no-audio", "text": "There is no audio here.", "speaker": "allison", "audio": None},
              {"id": "corrupt", "text": "This audio is garbage.", "speaker": "allison",
               "audio": b"RIFF\x00\x01garbage, not a wave file at all" * 10},
-             {"id": "no-text", "text": "", "speaker": "allison", "audio": rows[0]["audio"]}]
-    return rows, {"no-audio": "missing audio", "corrupt": "unreadable", "no-text": "no text"}
+             {"id": "no-text", "text": "", "speaker": "allison", "audio": rows[0]["audio"]},
+             {**rows[3], "text": "The first of an id is kept.", "audio": rows[2]["audio"]}]
+    return rows, {"no-audio": "missing audio", "corrupt": "unreadable", "no-text": "no text",
+                  rows[3]["id"]: "duplicate id"}
 
 
 def write_jsonl(rows, folder):
     folder.mkdir()
     lines = []
-    for r in rows:
+    for i, r in enumerate(rows):
         if r["audio"] is not None:
-            (folder / f"{r['id']}.audio").write_bytes(r["audio"])
-        lines.append(json.dumps({"id": r["id"], "audio": f"{r['id']}.audio", "text": r["text"],
-                                 "speaker": r["speaker"]}))
+            (folder / f"{i}.audio").write_bytes(r["audio"])
+        lines.append(json.dumps({"id": r["id"], "audio": f"{i}.audio", "text": r["text"], "speaker": r["speaker"]}))
     (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "manifest.jsonl"
 
@@ -165,26 +166,26 @@ def test_parquet_and_tar_shards_prepare_like_a_jsonl_manifest(corpus, tmp_path):
     expected = json.loads((tmp_path / "jsonl" / "meta.json").read_text())
     assert sum(s["utterances"] for s in expected["splits"].values()) == 8
     assert expected["speakers"] == ["allison", "allison-8k"]
-    assert expected["skipped"] == {"missing audio": 1, "no text": 1, "unreadable": 1}
+    assert expected["skipped"] == {"duplicate id": 1, "missing audio": 1, "no text": 1, "unreadable": 1}
     inputs = {"parquet": write_parquet(rows, tmp_path / "pq-bytes"),  # a folder found at any depth
               "parquet_hf": f"{write_parquet(rows, tmp_path / 'pq-hf', hf_struct=True)}/data/*.parquet",  # a glob
               "save_to_disk": write_save_to_disk(rows, tmp_path / "hf-disk"),
               "tars": write_tars(rows, tmp_path / "tars")}
-    for name, input in inputs.items():
-        proc = prepare(tmp_path, name, input, "--chunk_size=3", "--workers=2")
+    for (name, input), workers in zip(inputs.items(), (2, 1, 0, 2)):  # 0: read in the encoding process
+        proc = prepare(tmp_path, name, input, "--chunk_size=3", f"--workers={workers}")
         same_files(tmp_path / "jsonl", tmp_path / name, SHARD_FILES)
         meta = json.loads((tmp_path / name / "meta.json").read_text())
         assert meta["splits"] == expected["splits"] and meta["speakers"] == expected["speakers"]
         assert meta["skipped"] == expected["skipped"], proc.stdout
         skips = [line for line in proc.stdout.splitlines() if line.startswith("skip ")]
-        assert len(skips) == 3 and all(f": {reason}" in "".join(skips) for reason in bad.values()), proc.stdout
+        assert len(skips) == 4 and all(f": {reason}" in "".join(skips) for reason in bad.values()), proc.stdout
         assert not (tmp_path / name / ".parts").exists()
 
 
 def test_torchrun_matches_one_process_and_survives_sigkill(corpus, tmp_path):
     """2 processes write the bytes 1 process writes; SIGKILL of the whole job, then the same command, too."""
     rows, _ = corpus
-    more = [{**r, "id": f"{r['id']}-{n}"} for n in range(3) for r in rows[:8]] + rows[8:]  # 24 utterances, 3 bad
+    more = [{**r, "id": f"{r['id']}-{n}"} for n in range(3) for r in rows[:8]] + rows[8:11]  # 24 utterances, 3 bad
     data = write_parquet(more, tmp_path / "pq")
     args = ["--chunk_size=2", "--batch_size=2", "--workers=1"]
     prepare(tmp_path, "one", data, *args)
