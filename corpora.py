@@ -17,6 +17,8 @@ import multiprocessing
 import os
 import signal
 import tarfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from collections import namedtuple
 
@@ -390,13 +392,25 @@ def load(u, limits):
 
 def start_workers(n):
     """n processes that read and decode audio (None for n=0), forked at once: call it before any thread exists (a
-    fork copies only the thread that calls it). Each ignores Ctrl-C, which the main process answers for all."""
+    fork copies only the thread that calls it)."""
     if n == 0:
         return None
-    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=worker_init,
+                               initargs=(os.getpid(),))
     pool.submit(int).result()  # a forked pool starts all its processes at its first task
     return pool
+
+
+def worker_init(parent):
+    """A worker ignores Ctrl-C, which the main process answers for all, and ends when the main process is gone
+    (killed with SIGKILL, it cannot stop its workers, which would wait for work forever)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def load_chunk(fmt, spec, root, fields, limits):

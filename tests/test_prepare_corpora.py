@@ -134,9 +134,10 @@ def process_tree(pid):
     return tree
 
 
-def environ(pid):
+def environ(pid, what="environ"):
+    """A process's environment (or command line) as a list of strings; [] when it is gone."""
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
+        with open(f"/proc/{pid}/{what}", "rb") as f:
             return f.read().decode(errors="replace").split("\0")
     except OSError:
         return []
@@ -222,6 +223,10 @@ def test_torchrun_matches_one_process_and_survives_sigkill(corpus, tmp_path):
             signal_quietly(pid, signal.SIGKILL)
         stderr = job.communicate(timeout=120)[1]
         assert job.returncode != 0, f"the job finished before {kill} could be killed"
+        deadline = time.time() + 10  # no process is left behind: a rank's workers end with it
+        while time.time() < deadline and any(f"--out_dir={out}" in " ".join(environ(p, "cmdline")) for p in tree):
+            time.sleep(0.1)
+        assert not [p for p in tree if f"--out_dir={out}" in " ".join(environ(p, "cmdline"))], kill
         assert before + 3 <= len(done()) < 27 and not (out / "meta.json").exists(), (kill, stderr)
     finished = len(done())
     proc = subprocess.run(torchrun, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
