@@ -416,15 +416,15 @@ t_read = t_encode = encoded_seconds = 0.0
 encoded_clips = 0
 ahead, queue = deque(), iter(todo)  # chunks being read: as many as there are workers
 for c in todo:
-    fill()
     t = time.time()
+    fill()
     try:
         loaded = ahead.popleft().result()
     except BrokenProcessPool:
         fail("a worker process reading audio died (out of memory, or a decoder crashed on a file); run the same "
              "command again, with --workers=0 to see which file")
-    t_read += time.time() - t
-    fill()  # the next chunks are read while this one encodes
+    fill()  # the next chunks are read while this one encodes (with workers=0: here, now)
+    t_read += time.time() - t  # the codec's wait for audio
     items, clips = [u for u, _ in loaded], [r for _, r in loaded]
     seconds = [0.0 if isinstance(x, Skip) else len(x) / stable_codec.SAMPLE_RATE for x in clips]
     for r in clips:
