@@ -175,6 +175,11 @@ def container_files(fmt, path):
                   if n.endswith(suffixes(fmt)))
 
 
+def container_name(path, input):
+    """How reports call a container file: its path from --input's folder."""
+    return os.path.relpath(path, input if os.path.isdir(input) else os.path.dirname(input) or ".")
+
+
 def chunk_records(fmt, path, chunk_size):
     """A container file cut into runs of chunk_size records, from its metadata: [(first record, records, where the
     run starts: the member's byte offset in an uncompressed tar, else None)]."""
@@ -201,7 +206,7 @@ def chunk_records(fmt, path, chunk_size):
 
 def read_records(fmt, path, root, start, count, offset, fields):
     """Records start..start+count of one container file -> Utterances (audio: bytes, or a path) or Skips."""
-    name = os.path.relpath(path, root if os.path.isdir(root) else os.path.dirname(root) or ".")
+    name = container_name(path, root)
     rows = (parquet_rows if fmt == "parquet" else tar_records)(path, start, count, offset, fields)
     for i, row in enumerate(rows, start):
         yield make_utterance(row, f"{name}:{i}" if fmt == "parquet" else f"{name}:{row.get('__key__')}",

@@ -35,7 +35,8 @@ The format is detected from --input (or --format=ljspeech|libritts|jsonl|parquet
                (the name up to the first dot of the file name), e.g. X.mp3 + X.json; the text, speaker and id are
                fields of the .json (text_field, speaker_field, id_field; else the .txt and the key), the audio the
                member with an extension in audio_ext.
-Audio can be anything soundfile reads (WAV, FLAC, OGG, MP3, ...) at any rate and channel count. Files that are
+Audio can be anything soundfile reads (WAV, FLAC, OGG, MP3, ...) at any rate and channel count; in Parquet and tar
+files also anything else FFmpeg reads (through PyAV: M4A, Opus, ...). Files that are
 missing, corrupt, empty, silent, too short or too long, or whose text is missing or too long are skipped, each
 named with its reason as it is found, counted at the end and listed in <out_dir>/skipped.tsv; so are records of
 Parquet and tar files without audio bytes or text, and whole files that cannot be read.
@@ -155,8 +156,8 @@ if not (glob.glob(input, recursive=True) if glob.has_magic(input) else os.path.e
     fail(f"no such file or folder: {input}" + (" (the glob matches nothing)" if glob.has_magic(input) else ""))
 
 from corpora import (CONTAINER_FORMATS, FILE_FORMATS, FORMATS, Fields, Limits, Skip, Utterance,  # noqa: E402
-                     chunk_records, container_files, detect_format, list_utterances, load_chunk, one_line,
-                     parquet_problem, probe, start_workers)
+                     chunk_records, container_files, container_name, detect_format, list_utterances, load_chunk,
+                     one_line, parquet_problem, probe, start_workers)
 
 if format not in ("auto", *FORMATS):
     fail(f"--format must be auto, {', '.join(FORMATS)}, not {format!r}")
@@ -316,9 +317,8 @@ if format in FILE_FORMATS:  # every utterance, checked from its header, sorted b
     listing = [(u.id, u.name, u.text, u.speaker, s) for u, s in plan]
 else:  # runs of records in the order of the files, cut from their metadata; the audio is read when encoded
     chunks, listing = [], []
-    root = input if os.path.isdir(input) else os.path.dirname(input) or "."
     for path in files:
-        name = os.path.relpath(path, root)
+        name = container_name(path, input)
         try:
             runs = chunk_records(format, path, chunk_size)
         except Exception as e:  # a damaged file: skip it, as a bad audio file is skipped
