@@ -89,7 +89,7 @@ def write_parquet(rows, folder, hf_struct=False):
 
 def write_save_to_disk(rows, folder):
     """What datasets' save_to_disk writes: Arrow stream files named in state.json, batches of 3 rows here."""
-    folder.mkdir()
+    folder.mkdir(parents=True)
     t = table(rows, hf_struct=True)
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
         for batch in t.to_batches(max_chunksize=3):
@@ -202,15 +202,16 @@ def test_torchrun_matches_one_process_and_survives_sigkill(corpus, tmp_path):
     assert sorted(os.listdir(out)) == files
     same_files(tmp_path / "one", out, files)
 
-    # one rank killed: torchrun stops the other, and the folder does not look complete; then the whole job killed
-    # (every process, as a scheduler does), and then the same command finishes with the same bytes
+    # a 1-process job killed; then of a 2-process job one rank (torchrun stops the other; the folder does not look
+    # complete); then the whole job (every process, as a scheduler does); then the same command finishes, same bytes
     out = tmp_path / "killed"
     torchrun[torchrun.index(f"--out_dir={tmp_path / 'two'}")] = f"--out_dir={out}"
     torchrun[torchrun.index("--chunk_size=2")] = "--chunk_size=1"  # 27 chunks: time to kill a job part-way
     done = lambda: {f for f in os.listdir(out / ".parts") if f.endswith(".npz")} if (out / ".parts").exists() \
         else set()  # noqa: E731
-    for kill in ("rank 1", "the job"):
-        job = subprocess.Popen(torchrun, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    one = [a.replace("--nproc_per_node=2", "--nproc_per_node=1") for a in torchrun]  # parts are parts, whatever N
+    for kill, command in (("the job", one), ("rank 1", torchrun), ("the job", torchrun)):
+        job = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
         before, deadline = len(done()), time.time() + 300
         while time.time() < deadline and job.poll() is None and len(done()) < before + 3:
@@ -247,3 +248,33 @@ def test_container_mistakes_are_one_line_errors(corpus, tmp_path):
                    cwd=tmp_path, check=False)
         one_line_error(proc, needle)
         assert not (tmp_path / "x").exists()
+
+
+def test_container_layouts(corpus, tmp_path):
+    """What the readers find, without encoding: a save_to_disk DatasetDict's splits in order; a tar record's text
+    from its .txt when it has no .json, its audio by --audio_ext, a .json that is not an object, keys in folders."""
+    import corpora
+    rows, _ = corpus
+    for split in ("train", "test"):
+        write_save_to_disk(rows[:2], tmp_path / "dd" / split)
+    (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    assert corpora.detect_format(str(tmp_path / "dd")) == "parquet"
+    assert corpora.container_files("parquet", str(tmp_path / "dd")) == \
+        [str(tmp_path / "dd" / s / "data-00000-of-00001.arrow") for s in ("train", "test")]
+
+    members = [("a.b/x1.txt", b"Text from a txt file."), ("a.b/x1.flac", rows[0]["audio"]),
+               ("a.b/x1.wav", rows[1]["audio"]), ("a.b/x2.json", b"[1, 2]"), ("a.b/x2.flac", rows[2]["audio"]),
+               ("a.b/x3.seg.json", b"{}"), ("a.b/x3.json", json.dumps({"text": "Three.", "id": "three"}).encode())]
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    fields = corpora.Fields("id", "text", "speaker", "audio", "wav,flac")
+    runs = corpora.chunk_records("webdataset", str(tmp_path / "s.tar"), 2)
+    assert [r[:2] for r in runs] == [(0, 2), (2, 1)] and runs[1][2] > runs[0][2]
+    got = [u for run in runs for u in corpora.read_records("webdataset", str(tmp_path / "s.tar"), str(tmp_path), *run,
+                                                           fields)]
+    assert got[0] == corpora.Utterance("a.b/x1", rows[1]["audio"], "s.tar:a.b/x1", "Text from a txt file.", None)
+    assert got[1] == corpora.Skip("s.tar:a.b/x2", "bad record", "its .json is not a JSON object")
+    assert got[2] == corpora.Skip("s.tar:a.b/x3", "missing audio", "no audio bytes or path")
