@@ -278,3 +278,14 @@ def test_container_layouts(corpus, tmp_path):
     assert got[0] == corpora.Utterance("a.b/x1", rows[1]["audio"], "s.tar:a.b/x1", "Text from a txt file.", None)
     assert got[1] == corpora.Skip("s.tar:a.b/x2", "bad record", "its .json is not a JSON object")
     assert got[2] == corpora.Skip("s.tar:a.b/x3", "missing audio", "no audio bytes or path")
+
+    # Parquet audio as a path, relative to the Parquet file; Hugging Face's struct with only a path
+    pq.write_table(pa.table({"text": ["One.", "Two."], "audio": ["clips/1.flac", None],
+                             "hf": [{"bytes": None, "path": "/abs/2.flac"}] * 2}), tmp_path / "p.parquet")
+    paths = corpora.Fields("id", "text", "speaker", "audio", "")
+    got = list(corpora.read_records("parquet", str(tmp_path / "p.parquet"), str(tmp_path), 0, 2, None, paths))
+    assert got == [corpora.Utterance("p.parquet:0", str(tmp_path / "clips" / "1.flac"), "p.parquet:0", "One.", None),
+                   corpora.Skip("p.parquet:1", "missing audio", "no audio bytes or path")]
+    hf = list(corpora.read_records("parquet", str(tmp_path / "p.parquet"), str(tmp_path), 1, 1, None,
+                                   paths._replace(audio="hf")))
+    assert hf == [corpora.Utterance("p.parquet:1", "/abs/2.flac", "p.parquet:1", "Two.", None)]
