@@ -190,14 +190,14 @@ def chunk_records(fmt, path, chunk_size):
         else:
             n = pq().ParquetFile(path).metadata.num_rows
         return [(s, min(chunk_size, n - s), None) for s in range(0, n, chunk_size)]
-    runs, n, key = [], 0, None
+    runs, n, key, seekable = [], 0, None, not is_compressed(path)
     with tarfile.open(path, "r:*") as tar:  # seeks past the audio of an uncompressed tar
         for member in tar:
             k = tar_key(member.name)
             if not member.isfile() or k == key:
                 continue
             if n % chunk_size == 0:
-                runs.append([n, 0, None if is_compressed(path) else member.offset])
+                runs.append([n, 0, member.offset if seekable else None])
             runs[-1][1] += 1
             n, key = n + 1, k
             tar.members = []  # tarfile keeps every member it has read: memory would grow with the shard
