@@ -98,7 +98,7 @@ id_field = "id"  # none: <file>:<row> (Parquet), the record's key (tar)
 text_field = "text"  # tar: a record without a .json has its text in its .txt
 speaker_field = "speaker"  # none: the speaker is unknown
 audio_field = "audio"  # Parquet: an audio file's bytes, Hugging Face's {bytes, path}, or a path
-audio_ext = ""  # tar: the audio member's extension, the first found of a list such as "mp3,flac"; "" = any audio
+audio_ext = ""  # tar: the audio member, by extension: the first of e.g. "mp3,flac" a record has; "" = any audio
 min_seconds = 0.5
 max_seconds = 30.0
 max_text_bytes = 1000  # UTF-8 bytes
@@ -108,7 +108,7 @@ codec_config = CONFIG_PATH
 codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture, see above)
 device = "auto"  # auto = cuda when there is a GPU, else cpu
 batch_size = 32  # clips per codec call (at most; a batch holds clips of one token length)
-chunk_size = 256  # utterances per resumable unit of work
+chunk_size = 256  # utterances per resumable unit of work, and the clips a batch is drawn from
 workers = 4  # processes (per rank) reading, decoding and resampling audio ahead of the codec; 0 = in this one
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
