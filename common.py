@@ -7,6 +7,7 @@ reported.
 import os
 import sys
 from collections import Counter
+from contextlib import contextmanager
 
 import torch
 import torch.distributed
@@ -24,15 +25,27 @@ def fail(message, code=1):
     sys.exit(code)
 
 
-def atomic_write(path, write):
-    """Write a file through write(binary file object) under a temporary name, then rename it into place: a crash
-    mid-write leaves the previous file (or none), never half of one."""
+@contextmanager
+def atomic_file(path):
+    """A binary file to write under a temporary name, synced to disk and renamed into place when the block ends (and
+    removed if it raises): a crash mid-write leaves the previous file (or none), never half of one."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write(path, write):
+    """atomic_file for a file written in one go, by write(binary file object)."""
+    with atomic_file(path) as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def default_device():

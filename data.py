@@ -17,8 +17,10 @@ Shard format (one folder per dataset, e.g. data/synthetic/), defined here and no
 v1 shards (no border columns) still read, as utterances without borders. The "sha256" of each split (the SHA-256 of
 each whole file) came later without a new format name, since older readers ignore it; shards written before it still
 read, with a note that they are unverified.
-The .bin files are read through np.memmap, so a corpus far bigger than RAM trains without loading it. Every file is
-written to a temporary name and renamed into place, so a reader never sees half a shard.
+The utterances are in the order they were written: for a speech corpus, the order prepare.py encoded them in (its
+docstring says which), for the synthetic one the order it was drawn in. The .bin files are written as the utterances
+come and read through np.memmap, so a corpus far bigger than RAM is prepared and trains without being held in memory.
+Every file is written to a temporary name and renamed into place, so a reader never sees half a shard.
 
 Shards checks a split when it opens it, so that a corrupt corpus never trains in silence: meta.json is a JSON object of
 a known format that lists the split; the three files exist; the index is a 2-D integer array of 7 (v1: 5) columns with
@@ -35,11 +37,13 @@ import hashlib
 import io
 import json
 import os
+from array import array
+from contextlib import ExitStack
 
 import numpy as np
 
 from codec import TOKENS_PER_SECOND
-from common import atomic_write
+from common import atomic_file, atomic_write
 from model import EOA, GPT, N_AUDIO, PAD, SOA, TEXT_OFFSET, GPTConfig
 
 FORMAT = "dirt-shards-v2"
@@ -58,32 +62,62 @@ def write_split(out_dir, split, utterances):
     with a fourth item (border_text, border_audio): where its last sentence starts (see the index above).
     Returns the split's entry in meta.json's "splits" (pass it to write_meta), with the checksums Shards verifies.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    texts, audios, index = [], [], []
-    text_pos = audio_pos = 0
-    for text, audio, speaker, *border in utterances:
+    with SplitWriter(out_dir, split) as writer:
+        for utterance in utterances:
+            writer.add(*utterance)
+    return writer.stats
+
+
+class SplitWriter:
+    """
+    One split written as its utterances come, in the order they come (write_split's streaming form, for writing two
+    splits at once): the .bin files grow under temporary names and are hashed as they grow, so memory holds only the
+    index (7 int64 per utterance). When the with block ends the three files are renamed into place and .stats is the
+    split's entry in meta.json; when it raises, none is.
+    """
+
+    def __init__(self, out_dir, split):
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir, self.split = out_dir, split
+        self.names = {kind: f"{split}.{kind}.bin" for kind in ("text", "audio")}
+        self.sha256 = {name: hashlib.sha256() for name in self.names.values()}
+        self.files = ExitStack()  # the open .bin files: atomic_file renames each into place when the stack closes
+        self.out = {kind: self.files.enter_context(atomic_file(os.path.join(out_dir, name)))
+                    for kind, name in self.names.items()}
+        self.index = array("q")  # int64, row after row
+        self.text_pos = self.audio_pos = 0
+        self.stats = None
+
+    def add(self, text, audio, speaker, border=(0, 0)):
         audio = np.asarray(audio)
         if audio.size and (audio.min() < 0 or audio.max() >= N_AUDIO):
             raise ValueError(f"audio ids must be in 0..{N_AUDIO - 1}")
-        border_text, border_audio = border[0] if border else (0, 0)
+        border_text, border_audio = border
         if not (0 <= border_text < max(1, len(text)) and 0 <= border_audio < max(1, len(audio))):
             raise ValueError(f"border ({border_text}, {border_audio}) is outside its utterance")
-        texts.append(np.frombuffer(bytes(text), dtype=np.uint8))
-        audios.append(audio.astype(np.uint16))
-        index.append((text_pos, len(text), audio_pos, len(audio), speaker, border_text, border_audio))
-        text_pos += len(text)
-        audio_pos += len(audio)
-    index = np.array(index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS))
-    files = {}  # file name -> its bytes, hashed here rather than read back from disk
-    for name, arr in (("text", texts), ("audio", audios)):
-        files[f"{split}.{name}.bin"] = np.concatenate(arr).tobytes() if arr else b""
-    buf = io.BytesIO()
-    np.save(buf, index)  # the same bytes for the same index, so a resumed prepare.py writes the same meta.json
-    files[f"{split}.index.npy"] = buf.getvalue()
-    for name, data in files.items():
-        atomic_write(os.path.join(out_dir, name), lambda f, d=data: f.write(d))
-    return {"utterances": len(index), "text_bytes": text_pos, "audio_tokens": audio_pos,
-            "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+        for kind, data in (("text", bytes(text)), ("audio", audio.astype(np.uint16).tobytes())):
+            self.out[kind].write(data)
+            self.sha256[self.names[kind]].update(data)
+        self.index.extend((self.text_pos, len(text), self.audio_pos, len(audio), speaker, border_text, border_audio))
+        self.text_pos += len(text)
+        self.audio_pos += len(audio)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.files.__exit__(*exc)  # the .bin files: into place, or removed when the block raised
+        if exc[0] is not None:
+            return False
+        index = np.frombuffer(self.index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS))
+        buf = io.BytesIO()
+        np.save(buf, index)  # the same bytes for the same index, so a resumed prepare.py writes the same meta.json
+        name = f"{self.split}.index.npy"
+        atomic_write(os.path.join(self.out_dir, name), lambda f: f.write(buf.getvalue()))
+        self.sha256[name] = hashlib.sha256(buf.getvalue())
+        self.stats = {"utterances": len(index), "text_bytes": self.text_pos, "audio_tokens": self.audio_pos,
+                      "sha256": {name: h.hexdigest() for name, h in self.sha256.items()}}
+        return False
 
 
 def write_meta(out_dir, meta):

@@ -60,7 +60,6 @@ tests/fixtures/tiny_stable_codec_config.json); the tokens are then meaningless, 
 
 import glob
 import hashlib
-import io
 import json
 import math
 import os
@@ -73,8 +72,6 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
-
-import numpy as np
 
 from codec import CKPT_PATH, CONFIG_PATH, TOKENS_PER_SECOND
 from common import atomic_write, check_device, fail, init_distributed, skip_line, skip_summary
@@ -155,9 +152,10 @@ if not input:
 if not (glob.glob(input, recursive=True) if glob.has_magic(input) else os.path.exists(input)):
     fail(f"no such file or folder: {input}" + (" (the glob matches nothing)" if glob.has_magic(input) else ""))
 
-from corpora import (CONTAINER_FORMATS, FILE_FORMATS, FORMATS, Fields, Limits, Skip, Utterance,  # noqa: E402
+from corpora import (CONTAINER_FORMATS, FILE_FORMATS, FORMATS, Fields, Limits, Skip,  # noqa: E402
                      chunk_records, container_files, container_name, detect_format, list_utterances, load_chunk,
                      one_line, parquet_problem, probe, start_workers)
+from parts import part_seconds, plan_merge, save_part, write_merge  # noqa: E402
 
 if format not in ("auto", *FORMATS):
     fail(f"--format must be auto, {', '.join(FORMATS)}, not {format!r}")
@@ -233,46 +231,8 @@ def save_atomic(path, data):
     atomic_write(path, lambda f: f.write(data))
 
 
-def save_part(path, items, results, seconds):
-    """One finished chunk: every utterance's id, name, text and speaker, the tokens of those kept and the reasons
-    for those skipped, and the seconds of audio it held (for the progress of other ranks)."""
-    kept = [r for r in results if not isinstance(r, Skip)]
-    info = {"items": [[u.id, u.name, u.text, u.speaker] for u in items], "seconds": seconds,
-            "skipped": [[r.name, r.reason, r.detail] if isinstance(r, Skip) else None for r in results]}
-    buf = io.BytesIO()
-    np.savez(buf, info=np.frombuffer(json.dumps(info).encode(), dtype=np.uint8),
-             lengths=np.array([len(r) for r in kept], dtype=np.int64),
-             tokens=np.concatenate(kept).astype(np.uint16) if kept else np.zeros(0, np.uint16))
-    save_atomic(path, buf.getvalue())
-
-
-def read_part(path, planned=None):
-    """-> [(Utterance without audio, token array or Skip)]; planned: the ids the plan put in this chunk."""
-    with np.load(path) as part:
-        info = json.loads(part["info"].tobytes())
-        lengths, tokens = part["lengths"], part["tokens"]
-    if planned is not None and [u[0] for u in info["items"]] != planned:
-        fail(f"{path} belongs to another plan; delete {os.path.dirname(path)} and run again")
-    rows = iter(np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else [])
-    return [(Utterance(uid, None, name, text, spk), Skip(*s) if s else next(rows))
-            for (uid, name, text, spk), s in zip(info["items"], info["skipped"])]
-
-
-def part_seconds(path):
-    with np.load(path) as part:
-        return json.loads(part["info"].tobytes())["seconds"]
-
-
 def report(skip):
     tqdm.write(skip_line(skip.name, skip.reason, skip.detail))
-
-
-def is_val(uid):
-    return hash_fraction(uid) < val_fraction
-
-
-def hash_fraction(uid):
-    return int.from_bytes(hashlib.sha256(uid.encode()).digest()[:8], "big") / 2 ** 64
 
 
 # -----------------------------------------------------------------------------
@@ -463,47 +423,28 @@ if ddp:
 show()
 bar.close()
 
-# 4. merge the parts in order into the shards: utterances sorted by id (the first of an id in the input kept), the
-# split by a hash of the id
+# 4. merge the parts into the shards (parts.py), in two passes so that memory holds metadata, not tokens: the first
+# reads every part's metadata and decides what is kept (the first of an id in plan order), the val split (a hash of
+# the id) and the speakers; the second streams each part's kept utterances, part after part, to the shards
 missing = [c for c in range(len(chunks)) if not os.path.exists(part_path(c))]
 if missing:  # a rank that stopped without an error: never write shards that look complete
     fail(f"{len(missing)} of {len(chunks)} chunks are not done (chunk {missing[0]} first); run the same command again")
-kept = []  # (id, chunk, position, text, tokens, speaker name, name)
-for c in range(len(chunks)):
-    planned = [u.id for u in chunks[c]] if format in FILE_FORMATS else None
-    for i, (u, r) in enumerate(read_part(part_path(c), planned)):
-        if isinstance(r, Skip):
-            skipped.append(r)
-        else:
-            kept.append((u.id, c, i, u.text.encode(), r, u.speaker, u.name))
-kept.sort(key=lambda k: k[:3])
-for i in range(len(kept) - 1, 0, -1):
-    if kept[i][0] == kept[i - 1][0]:
-        skipped.append(Skip(kept[i][6], "duplicate id", kept[i][0]))
-        report(skipped[-1])
-        del kept[i]
-skipped.sort(key=lambda s: (s.name, s.reason))
+paths = [part_path(c) for c in range(len(chunks))]
+merge = plan_merge(paths, val_fraction, [[u.id for u in chunk] for chunk in chunks] if format in FILE_FORMATS else None)
+for s in merge.duplicates:
+    report(s)
+skipped = sorted(skipped + merge.skipped + merge.duplicates, key=lambda s: (s.name, s.reason))
 summary = skip_summary(s.reason for s in skipped)
-print(f"kept {len(kept):,} of {len(kept) + len(skipped):,} utterances" + (f"; skipped {summary}" if summary else ""))
-if len(kept) < 2:
-    fail(f"need at least 2 usable utterances in {input}, found {len(kept)}")
-ids = [k[0] for k in kept]
-val_ids = {uid for uid in ids if is_val(uid)} or {min(ids, key=hash_fraction)}
-if len(val_ids) == len(ids):
-    val_ids.remove(max(ids, key=hash_fraction))
-speakers = sorted({k[5] for k in kept if k[5] is not None})
-speaker_index = {s: i for i, s in enumerate(speakers)}
+print(f"kept {merge.kept:,} of {merge.kept + len(skipped):,} utterances" + (f"; skipped {summary}" if summary else ""))
+if merge.kept < 2:
+    fail(f"need at least 2 usable utterances in {input}, found {merge.kept}")
 for name in os.listdir(out_dir):  # files a kill left behind while writing the shards
     if re.fullmatch(r"(train|val)\.(text\.bin|audio\.bin|index\.npy)\.tmp\d+|(meta\.json|skipped\.tsv)\.tmp\d+", name):
         os.remove(os.path.join(out_dir, name))
-stats = {}
-for split in ("train", "val"):
-    rows = [(text, tokens, speaker_index.get(spk, -1)) for uid, _, _, text, tokens, spk, _ in kept
-            if (uid in val_ids) == (split == "val")]
-    stats[split] = write_split(out_dir, split, rows)
+stats = write_merge(out_dir, paths, merge)
 save_atomic(os.path.join(out_dir, "skipped.tsv"),
             "".join(f"{s.name}\t{s.reason}\t{s.detail}\n" for s in skipped).encode())
-write_meta(out_dir, {"dataset": dataset, "speakers": speakers, "splits": stats,
+write_meta(out_dir, {"dataset": dataset, "speakers": merge.speakers, "splits": stats,
                      "source": {"input": input, **settings},
                      "codec": {"config": codec_config, "checkpoint": codec_ckpt or "random weights (test fixture)"},
                      "skipped": dict(sorted(Counter(s.reason for s in skipped).items()))})

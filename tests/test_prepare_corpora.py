@@ -22,6 +22,8 @@ import pytest
 from conftest import ROOT, one_line_error, run
 
 sys.path.insert(0, ROOT)
+from data import Shards, write_meta  # noqa: E402
+
 sf = pytest.importorskip("soundfile")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -51,6 +53,9 @@ def corpus():
         fmt = ["FLAC", "WAV", "OGG"][i % 3]
         sf.write(buf, wav if i % 2 else wav[::2], 16000 if i % 2 else 8000, format=fmt)  # every 2nd at 8 kHz
         rows.append({"id": name, "text": text, "speaker": ["allison", "allison-8k"][i % 2], "audio": buf.getvalue()})
+    # the shards keep the order the utterances were encoded in: a manifest's by duration (then id), Parquet's and
+    # tar's as they come; in this order too, Parquet and tar give a manifest's shards byte for byte
+    rows.sort(key=lambda r: (sf.info(io.BytesIO(r["audio"])).duration, r["id"]))
     rows += [{"id": "no-audio", "text": "There is no audio here.", "speaker": "allison", "audio": None},
              {"id": "corrupt", "text": "This audio is garbage.", "speaker": "allison",
               "audio": b"RIFF\x00\x01garbage, not a wave file at all" * 10},
@@ -182,6 +187,14 @@ def test_parquet_and_tar_shards_prepare_like_a_jsonl_manifest(corpus, tmp_path):
         assert len(skips) == 4 and all(f": {reason}" in "".join(skips) for reason in bad.values()), proc.stdout
         assert not (tmp_path / name / ".parts").exists()
 
+    # the rows in another order: the same utterances, splits and speakers, in that order
+    prepare(tmp_path, "reversed", write_parquet(rows[7::-1] + rows[8:], tmp_path / "pq-reversed"), "--chunk_size=3")
+    for split in ("train", "val"):
+        a, b = Shards(str(tmp_path / "jsonl"), split), Shards(str(tmp_path / "reversed"), split)
+        utterances = [[(a[i][0], a[i][1].tolist(), a[i][2]) for i in range(len(a))],
+                      [(b[i][0], b[i][1].tolist(), b[i][2]) for i in range(len(b))]]
+        assert utterances[1] == utterances[0][::-1], split
+
 
 def test_torchrun_matches_one_process_and_survives_sigkill(corpus, tmp_path):
     """2 processes write the bytes 1 process writes; SIGKILL of the whole job, then the same command, too."""
@@ -289,3 +302,54 @@ def test_container_layouts(corpus, tmp_path):
     hf = list(corpora.read_records("parquet", str(tmp_path / "p.parquet"), str(tmp_path), 1, 1, None,
                                    paths._replace(audio="hf")))
     assert hf == [corpora.Utterance("p.parquet:1", "/abs/2.flac", "p.parquet:1", "Two.", None)]
+
+
+def test_merge_holds_one_part_of_tokens_at_a_time(tmp_path):
+    """prepare.py's merge (parts.py), on 200 parts of 8 utterances of 2,000 tokens (6.4 MB of tokens in all): the
+    Python heap's peak (tracemalloc, numpy's arrays included) stays under a quarter of the tokens, where holding them
+    all would take more than all; the shards hold every kept utterance in plan order, the first of an id kept, the
+    skips and speakers counted, val chosen by the id's hash."""
+    import hashlib
+    import tracemalloc
+
+    import numpy as np
+
+    import parts
+    from corpora import Skip, Utterance
+    rng = np.random.default_rng(0)
+    paths, kept, skipped = [], [], 0
+    for c in range(200):
+        items, results = [], []
+        for i in range(8):
+            n = 8 * c + i
+            uid = "utt00007" if n == 1501 else f"utt{n:05d}"  # an id again, far from its first
+            items.append(Utterance(uid, None, f"{n}.flac", f"Utterance {n}.", f"spk{n % 3}" if n % 10 else None))
+            results.append(Skip(f"{n}.flac", "silent", "") if n % 50 == 0 else rng.integers(0, 46656, 2000))
+            if n % 50:
+                kept.append((uid, items[-1].text.encode(), results[-1], -1 if n % 10 == 0 else n % 3))
+            skipped += n % 50 == 0
+        paths.append(str(tmp_path / f"{c:05d}.npz"))
+        parts.save_part(paths[-1], items, results, 1.0)
+    first = {}
+    kept = [first.setdefault(k[0], k) for k in kept if k[0] not in first]
+    tokens = sum(len(k[2]) for k in kept) * 2
+
+    tracemalloc.start()
+    plan = parts.plan_merge(paths, 0.05)
+    stats = parts.write_merge(str(tmp_path / "out"), paths, plan)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert tokens > 6_000_000 and peak < tokens / 4, f"peak {peak:,} bytes for {tokens:,} bytes of tokens"
+
+    assert plan.speakers == ["spk0", "spk1", "spk2"] and plan.kept == len(kept) == 1600 - 32 - 1
+    assert len(plan.skipped) == skipped == 32 and [d.detail for d in plan.duplicates] == ["utt00007"]
+    write_meta(str(tmp_path / "out"), {"dataset": "merge", "speakers": plan.speakers, "splits": stats})
+    is_val = [int.from_bytes(hashlib.sha256(k[0].encode()).digest()[:8], "big") / 2 ** 64 < 0.05 for k in kept]
+    assert 0 < sum(is_val) < len(kept)
+    for split, want in (("train", False), ("val", True)):
+        shards = Shards(str(tmp_path / "out"), split)
+        expected = [k for k, v in zip(kept, is_val) if v == want]
+        assert len(shards) == len(expected) and shards.verified
+        for i, (uid, text, audio, speaker) in enumerate(expected):
+            got = shards[i]
+            assert got[0] == text and np.array_equal(got[1], audio) and got[2] == speaker, (split, i, uid)

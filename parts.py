@@ -1,0 +1,109 @@
+"""
+prepare.py's output side: the part file each finished chunk is saved in (<out_dir>/.parts/NNNNN.npz), and the merge
+of all parts into the shards (the format is in data.py).
+
+The merge reads the parts twice, so that its memory holds metadata, never the corpus's audio tokens: plan_merge reads
+every part's ids, speakers, skips and lengths (not its tokens) and decides from them which utterances are kept (the
+first of an id, in plan order), which go to val (a hash of the id) and the speaker table; write_merge then reads one
+part at a time, in order, and streams its kept utterances to the train and val files. So the shards hold the
+utterances in plan order: part by part, each in its encoding order, which is a function of the input and settings
+alone (prepare.py's docstring says which order that is for each format).
+"""
+
+import hashlib
+import io
+import json
+import os
+from collections import namedtuple
+
+import numpy as np
+
+from common import atomic_write, fail
+from corpora import Skip, Utterance
+from data import SplitWriter
+
+MergePlan = namedtuple("MergePlan", "splits speakers skipped duplicates kept")  # splits: per part, see plan_merge
+DROP, TRAIN, VAL = -1, 0, 1
+
+
+def save_part(path, items, results, seconds):
+    """One finished chunk: every utterance's id, name, text and speaker, the tokens of those kept and the reasons
+    for those skipped, and the seconds of audio it held (for the progress of other ranks)."""
+    kept = [r for r in results if not isinstance(r, Skip)]
+    info = {"items": [[u.id, u.name, u.text, u.speaker] for u in items], "seconds": seconds,
+            "skipped": [[r.name, r.reason, r.detail] if isinstance(r, Skip) else None for r in results]}
+    buf = io.BytesIO()
+    np.savez(buf, info=np.frombuffer(json.dumps(info).encode(), dtype=np.uint8),
+             lengths=np.array([len(r) for r in kept], dtype=np.int64),
+             tokens=np.concatenate(kept).astype(np.uint16) if kept else np.zeros(0, np.uint16))
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def part_info(path):
+    """A part's metadata, its tokens left unread (an .npz member is read only when asked for)."""
+    with np.load(path) as part:
+        return json.loads(part["info"].tobytes())
+
+
+def part_seconds(path):
+    return part_info(path)["seconds"]
+
+
+def read_part(path):
+    """-> [(Utterance without audio, token array or Skip)]"""
+    with np.load(path) as part:
+        info = json.loads(part["info"].tobytes())
+        lengths, tokens = part["lengths"], part["tokens"]
+    rows = iter(np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else [])
+    return [(Utterance(uid, None, name, text, spk), Skip(*s) if s else next(rows))
+            for (uid, name, text, spk), s in zip(info["items"], info["skipped"])]
+
+
+def hash_fraction(uid):
+    return int.from_bytes(hashlib.sha256(uid.encode()).digest()[:8], "big") / 2 ** 64
+
+
+def plan_merge(paths, val_fraction, planned=None):
+    """The first pass, over the parts' metadata: -> MergePlan of splits (per part, an int8 array: DROP, TRAIN or VAL
+    for each of its utterances), speakers (the sorted names of the kept utterances' speakers), skipped (the Skips
+    the parts hold), duplicates (a Skip for each later utterance of an id already kept) and kept (how many).
+    planned: per part, the ids the plan put in it (file formats), checked against the part."""
+    seen, splits, skipped, duplicates, speakers = set(), [], [], [], set()
+    n_val, lowest, highest = 0, None, None  # (hash, part, position) of the kept ids with the lowest and highest hash
+    for c, path in enumerate(paths):
+        info = part_info(path)
+        if planned is not None and [item[0] for item in info["items"]] != planned[c]:
+            fail(f"{path} belongs to another plan; delete {os.path.dirname(path)} and run again")
+        split = np.full(len(info["items"]), DROP, dtype=np.int8)
+        for i, ((uid, name, _, speaker), skip) in enumerate(zip(info["items"], info["skipped"])):
+            if skip:
+                skipped.append(Skip(*skip))
+            elif uid in seen:
+                duplicates.append(Skip(name, "duplicate id", uid))
+            else:
+                seen.add(uid)
+                h = (hash_fraction(uid), c, i)
+                lowest, highest = min(lowest or h, h), max(highest or h, h)
+                is_val = h[0] < val_fraction
+                split[i] = VAL if is_val else TRAIN
+                n_val += is_val
+                if speaker is not None:
+                    speakers.add(speaker)
+        splits.append(split)
+    if seen and n_val == 0:  # at least one utterance in val, and at least one in train
+        splits[lowest[1]][lowest[2]], n_val = VAL, 1
+    if seen and n_val == len(seen):
+        splits[highest[1]][highest[2]] = TRAIN
+    return MergePlan(splits, sorted(speakers), skipped, duplicates, len(seen))
+
+
+def write_merge(out_dir, paths, plan):
+    """The second pass: each part's kept utterances, part after part, to the train and val shards (one part's tokens
+    in memory at a time). -> {"train": stats, "val": stats} for meta.json."""
+    speaker_index = {s: i for i, s in enumerate(plan.speakers)}
+    with SplitWriter(out_dir, "train") as train, SplitWriter(out_dir, "val") as val:
+        for path, split in zip(paths, plan.splits):
+            for (u, tokens), where in zip(read_part(path), split):
+                if where != DROP:
+                    (val if where == VAL else train).add(u.text.encode(), tokens, speaker_index.get(u.speaker, -1))
+    return {"train": train.stats, "val": val.stats}
