@@ -15,6 +15,7 @@ import io
 import json
 import os
 from collections import namedtuple
+from itertools import repeat
 
 import numpy as np
 
@@ -67,12 +68,12 @@ def plan_merge(paths, val_fraction, planned=None):
     """The first pass, over the parts' metadata: -> MergePlan of splits (per part, an int8 array: DROP, TRAIN or VAL
     for each of its utterances), speakers (the sorted names of the kept utterances' speakers), skipped (the Skips
     the parts hold), duplicates (a Skip for each later utterance of an id already kept) and kept (how many).
-    planned: per part, the ids the plan put in it (file formats), checked against the part."""
+    planned: an iterable of, per part, the ids the plan put in it (file formats), checked against the part."""
     seen, splits, skipped, duplicates, speakers = set(), [], [], [], set()
     n_val, lowest, highest = 0, None, None  # (hash, part, position) of the kept ids with the lowest and highest hash
-    for c, path in enumerate(paths):
+    for c, (path, ids) in enumerate(zip(paths, repeat(None) if planned is None else planned)):
         info = part_info(path)
-        if planned is not None and [item[0] for item in info["items"]] != planned[c]:
+        if ids is not None and [item[0] for item in info["items"]] != ids:
             fail(f"{path} belongs to another plan; delete {os.path.dirname(path)} and run again")
         split = np.full(len(info["items"]), DROP, dtype=np.int8)
         for i, ((uid, name, _, speaker), skip) in enumerate(zip(info["items"], info["skipped"])):

@@ -41,7 +41,10 @@ missing, corrupt, empty, silent, too short or too long, or whose text is missing
 named with its reason as it is found, counted at the end and listed in <out_dir>/skipped.tsv; so are records of
 Parquet and tar files without audio bytes or text, and whole files that cannot be read.
 Parquet and tar files are read in order, a chunk of records at a time, so memory does not grow with the corpus; the
-other formats are planned from every file's header, sorted by duration so that batches fill up.
+other formats are planned from every file's header, sorted by duration so that batches fill up. The shards hold the
+utterances in that order (plan order: Parquet and tar as their files and rows come, the others by duration, then
+id), the first of an id in the input kept; each goes to val when a hash of its id falls below val_fraction. They
+are written from the finished chunks one at a time, so that memory holds their metadata, never the corpus's tokens.
 
 Resumable: work is done in chunks of chunk_size utterances, each saved in <out_dir>/.parts/ when finished. Kill
 the run at any point and start the same command again: it carries on from the last finished chunk and ends with
@@ -430,7 +433,7 @@ missing = [c for c in range(len(chunks)) if not os.path.exists(part_path(c))]
 if missing:  # a rank that stopped without an error: never write shards that look complete
     fail(f"{len(missing)} of {len(chunks)} chunks are not done (chunk {missing[0]} first); run the same command again")
 paths = [part_path(c) for c in range(len(chunks))]
-merge = plan_merge(paths, val_fraction, [[u.id for u in chunk] for chunk in chunks] if format in FILE_FORMATS else None)
+merge = plan_merge(paths, val_fraction, ([u.id for u in chunk] for chunk in chunks) if format in FILE_FORMATS else None)
 for s in merge.duplicates:
     report(s)
 skipped = sorted(skipped + merge.skipped + merge.duplicates, key=lambda s: (s.name, s.reason))

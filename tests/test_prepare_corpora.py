@@ -2,9 +2,10 @@
 prepare.py at corpus scale: Parquet files (audio as bytes or as Hugging Face's {bytes, path}), a Hugging Face
 save_to_disk folder and WebDataset tar shards, built here from real recorded speech (the Asterisk prompts, Debian
 package asterisk-core-sounds-en-g722) with the bad rows real corpora have, prepare into the same shards as the same
-utterances in a JSONL manifest. torchrun with 2 processes (gloo, CPU) writes the same bytes as one process, and so
-does a 2-process job killed with SIGKILL and started again. The tiny random-weight codec from tests/fixtures stands
-in for the real one (--codec_ckpt='').
+utterances in a JSONL manifest (in the order it encodes them; in another order, the same utterances in that order).
+torchrun with 2 processes (gloo, CPU) writes the same bytes as one process, and so does a 2-process job killed with
+SIGKILL and started again. The tiny random-weight codec from tests/fixtures stands in for the real one
+(--codec_ckpt=''). The merge of the finished parts into the shards holds one part's tokens at a time (tracemalloc).
 """
 
 import importlib.util
