@@ -81,9 +81,10 @@ class SplitWriter:
         self.out_dir, self.split = out_dir, split
         self.names = {kind: f"{split}.{kind}.bin" for kind in ("text", "audio")}
         self.sha256 = {name: hashlib.sha256() for name in self.names.values()}
-        self.files = ExitStack()  # the open .bin files: atomic_file renames each into place when the stack closes
-        self.out = {kind: self.files.enter_context(atomic_file(os.path.join(out_dir, name)))
-                    for kind, name in self.names.items()}
+        with ExitStack() as files:  # the open .bin files: atomic_file renames each into place when they close
+            self.out = {kind: files.enter_context(atomic_file(os.path.join(out_dir, name)))
+                        for kind, name in self.names.items()}
+            self.files = files.pop_all()  # kept open (unless opening one failed: then those opened are removed)
         self.index = array("q")  # int64, row after row
         self.text_pos = self.audio_pos = 0
         self.stats = None
