@@ -2,12 +2,13 @@
 prepare.py's output side: the part file each finished chunk is saved in (<out_dir>/.parts/NNNNN.npz), and the merge
 of all parts into the shards (the format is in data.py).
 
-The merge reads the parts twice, so that its memory holds metadata, never the corpus's audio tokens: plan_merge reads
-every part's ids, speakers, skips and lengths (not its tokens) and decides from them which utterances are kept (the
-first of an id, in plan order), which go to val (a hash of the id) and the speaker table; write_merge then reads one
-part at a time, in order, and streams its kept utterances to the train and val files. So the shards hold the
-utterances in plan order: part by part, each in its encoding order, which is a function of the input and settings
-alone (prepare.py's docstring says which order that is for each format).
+The shards hold the utterances sorted by id, so that the same utterances give the same bytes whatever format, order
+or number of processes they came in. The merge keeps metadata in memory, never the corpus's audio tokens: plan_merge
+reads every part's ids, speakers, skips and lengths (not its tokens) and decides from them which utterances are kept
+(the first of an id, in plan order), which go to val (a hash of the id), the speaker table and the id order;
+write_merge then reads one part at a time, in plan order. When that is already id order (a corpus whose ids rise as
+it is read) it streams the utterances straight to the train and val files; otherwise it copies them to one spill file
+first and reads each back at its offset in id order (one more write and read of the tokens, on disk, not in memory).
 """
 
 import hashlib
@@ -15,7 +16,7 @@ import io
 import json
 import os
 from collections import namedtuple
-from itertools import repeat
+from itertools import islice, repeat
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from common import atomic_write, fail
 from corpora import Skip, Utterance
 from data import SplitWriter
 
-MergePlan = namedtuple("MergePlan", "splits speakers skipped duplicates kept")  # splits: per part, see plan_merge
+MergePlan = namedtuple("MergePlan", "splits speakers skipped duplicates kept order")  # see plan_merge
 DROP, TRAIN, VAL = -1, 0, 1
 
 
@@ -67,9 +68,10 @@ def hash_fraction(uid):
 def plan_merge(paths, val_fraction, planned=None):
     """The first pass, over the parts' metadata: -> MergePlan of splits (per part, an int8 array: DROP, TRAIN or VAL
     for each of its utterances), speakers (the sorted names of the kept utterances' speakers), skipped (the Skips
-    the parts hold), duplicates (a Skip for each later utterance of an id already kept) and kept (how many).
+    the parts hold), duplicates (a Skip for each later utterance of an id already kept), kept (how many) and order
+    (None when the kept utterances come in id order already, else their plan-order numbers sorted by id).
     planned: an iterable of, per part, the ids the plan put in it (file formats), checked against the part."""
-    seen, splits, skipped, duplicates, speakers = set(), [], [], [], set()
+    seen, splits, skipped, duplicates, speakers, kept_ids = set(), [], [], [], set(), []
     n_val, lowest, highest = 0, None, None  # (hash, part, position) of the kept ids with the lowest and highest hash
     for c, (path, ids) in enumerate(zip(paths, repeat(None) if planned is None else planned)):
         info = part_info(path)
@@ -83,6 +85,7 @@ def plan_merge(paths, val_fraction, planned=None):
                 duplicates.append(Skip(name, "duplicate id", uid))
             else:
                 seen.add(uid)
+                kept_ids.append(uid)
                 h = (hash_fraction(uid), c, i)
                 lowest, highest = min(lowest or h, h), max(highest or h, h)
                 is_val = h[0] < val_fraction
@@ -95,16 +98,47 @@ def plan_merge(paths, val_fraction, planned=None):
         splits[lowest[1]][lowest[2]], n_val = VAL, 1
     if seen and n_val == len(seen):
         splits[highest[1]][highest[2]] = TRAIN
-    return MergePlan(splits, sorted(speakers), skipped, duplicates, len(seen))
+    order = None
+    if any(a > b for a, b in zip(kept_ids, islice(kept_ids, 1, None))):
+        order = np.array(sorted(range(len(kept_ids)), key=kept_ids.__getitem__), dtype=np.int64)
+    return MergePlan(splits, sorted(speakers), skipped, duplicates, len(seen), order)
+
+
+def kept_in_plan_order(paths, plan):
+    """(text, tokens, speaker number, TRAIN or VAL) of each kept utterance, part after part (one part in memory)."""
+    speaker_index = {s: i for i, s in enumerate(plan.speakers)}
+    for path, split in zip(paths, plan.splits):
+        for (u, tokens), where in zip(read_part(path), split):
+            if where != DROP:
+                yield u.text.encode(), tokens, speaker_index.get(u.speaker, -1), where
+
+
+def in_id_order(rows, plan, spill_path):
+    """rows (plan order) in id order: each copied to one spill file as it comes, then read back at its offset in the
+    order plan.order gives; memory holds 5 numbers per utterance."""
+    at = np.zeros((plan.kept, 5), dtype=np.int64)  # offset, tokens, text bytes, speaker, split
+    with open(spill_path, "w+b") as f:
+        offset = 0
+        for k, (text, tokens, speaker, where) in enumerate(rows):
+            data = tokens.astype(np.uint16).tobytes() + text
+            f.write(data)
+            at[k] = offset, len(tokens), len(text), speaker, where
+            offset += len(data)
+        f.flush()
+        for k in plan.order:
+            offset, n_tokens, n_text, speaker, where = at[k].tolist()
+            data = os.pread(f.fileno(), 2 * n_tokens + n_text, offset)
+            yield data[2 * n_tokens:], np.frombuffer(data, dtype=np.uint16, count=n_tokens), speaker, where
+    os.remove(spill_path)
 
 
 def write_merge(out_dir, paths, plan):
-    """The second pass: each part's kept utterances, part after part, to the train and val shards (one part's tokens
-    in memory at a time). -> {"train": stats, "val": stats} for meta.json."""
-    speaker_index = {s: i for i, s in enumerate(plan.speakers)}
+    """The second pass: the kept utterances, in id order, to the train and val shards (one part's tokens in memory at
+    a time; a spill file next to the parts when plan order is not id order). -> {"train": stats, "val": stats}."""
+    rows = kept_in_plan_order(paths, plan)
+    if plan.order is not None:
+        rows = in_id_order(rows, plan, os.path.join(os.path.dirname(paths[0]), "merge.spill"))
     with SplitWriter(out_dir, "train") as train, SplitWriter(out_dir, "val") as val:
-        for path, split in zip(paths, plan.splits):
-            for (u, tokens), where in zip(read_part(path), split):
-                if where != DROP:
-                    (val if where == VAL else train).add(u.text.encode(), tokens, speaker_index.get(u.speaker, -1))
+        for text, tokens, speaker, where in rows:
+            (val if where == VAL else train).add(text, tokens, speaker)
     return {"train": train.stats, "val": val.stats}

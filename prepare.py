@@ -42,9 +42,10 @@ named with its reason as it is found, counted at the end and listed in <out_dir>
 Parquet and tar files without audio bytes or text, and whole files that cannot be read.
 Parquet and tar files are read in order, a chunk of records at a time, so memory does not grow with the corpus; the
 other formats are planned from every file's header, sorted by duration so that batches fill up. The shards hold the
-utterances in that order (plan order: Parquet and tar as their files and rows come, the others by duration, then
-id), the first of an id in the input kept; each goes to val when a hash of its id falls below val_fraction. They
-are written from the finished chunks one at a time, so that memory holds their metadata, never the corpus's tokens.
+utterances sorted by id (the same bytes whatever the format, order or number of processes they came in), the first
+of an id in the input kept; each goes to val when a hash of its id falls below val_fraction. They are written from
+the finished chunks one at a time (through a spill file on disk when the input's order is not id order), so that
+memory holds their metadata, never the corpus's tokens.
 
 Resumable: work is done in chunks of chunk_size utterances, each saved in <out_dir>/.parts/ when finished. Kill
 the run at any point and start the same command again: it carries on from the last finished chunk and ends with
@@ -428,7 +429,7 @@ bar.close()
 
 # 4. merge the parts into the shards (parts.py), in two passes so that memory holds metadata, not tokens: the first
 # reads every part's metadata and decides what is kept (the first of an id in plan order), the val split (a hash of
-# the id) and the speakers; the second streams each part's kept utterances, part after part, to the shards
+# the id), the speakers and the id order; the second streams the kept utterances, in id order, to the shards
 missing = [c for c in range(len(chunks)) if not os.path.exists(part_path(c))]
 if missing:  # a rank that stopped without an error: never write shards that look complete
     fail(f"{len(missing)} of {len(chunks)} chunks are not done (chunk {missing[0]} first); run the same command again")

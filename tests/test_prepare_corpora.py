@@ -2,7 +2,7 @@
 prepare.py at corpus scale: Parquet files (audio as bytes or as Hugging Face's {bytes, path}), a Hugging Face
 save_to_disk folder and WebDataset tar shards, built here from real recorded speech (the Asterisk prompts, Debian
 package asterisk-core-sounds-en-g722) with the bad rows real corpora have, prepare into the same shards as the same
-utterances in a JSONL manifest (in the order it encodes them; in another order, the same utterances in that order).
+utterances in a JSONL manifest, whatever order the rows come in.
 torchrun with 2 processes (gloo, CPU) writes the same bytes as one process, and so does a 2-process job killed with
 SIGKILL and started again. The tiny random-weight codec from tests/fixtures stands in for the real one
 (--codec_ckpt=''). The merge of the finished parts into the shards holds one part's tokens at a time (tracemalloc).
@@ -54,9 +54,6 @@ def corpus():
         fmt = ["FLAC", "WAV", "OGG"][i % 3]
         sf.write(buf, wav if i % 2 else wav[::2], 16000 if i % 2 else 8000, format=fmt)  # every 2nd at 8 kHz
         rows.append({"id": name, "text": text, "speaker": ["allison", "allison-8k"][i % 2], "audio": buf.getvalue()})
-    # the shards keep the order the utterances were encoded in: a manifest's by duration (then id), Parquet's and
-    # tar's as they come; in this order too, Parquet and tar give a manifest's shards byte for byte
-    rows.sort(key=lambda r: (sf.info(io.BytesIO(r["audio"])).duration, r["id"]))
     rows += [{"id": "no-audio", "text": "There is no audio here.", "speaker": "allison", "audio": None},
              {"id": "corrupt", "text": "This audio is garbage.", "speaker": "allison",
               "audio": b"RIFF\x00\x01garbage, not a wave file at all" * 10},
@@ -188,13 +185,9 @@ def test_parquet_and_tar_shards_prepare_like_a_jsonl_manifest(corpus, tmp_path):
         assert len(skips) == 4 and all(f": {reason}" in "".join(skips) for reason in bad.values()), proc.stdout
         assert not (tmp_path / name / ".parts").exists()
 
-    # the rows in another order: the same utterances, splits and speakers, in that order
+    # the rows in another order: the same shards (they hold the utterances sorted by id)
     prepare(tmp_path, "reversed", write_parquet(rows[7::-1] + rows[8:], tmp_path / "pq-reversed"), "--chunk_size=3")
-    for split in ("train", "val"):
-        a, b = Shards(str(tmp_path / "jsonl"), split), Shards(str(tmp_path / "reversed"), split)
-        utterances = [[(a[i][0], a[i][1].tolist(), a[i][2]) for i in range(len(a))],
-                      [(b[i][0], b[i][1].tolist(), b[i][2]) for i in range(len(b))]]
-        assert utterances[1] == utterances[0][::-1], split
+    same_files(tmp_path / "jsonl", tmp_path / "reversed", SHARD_FILES)
 
 
 def test_torchrun_matches_one_process_and_survives_sigkill(corpus, tmp_path):
@@ -305,11 +298,13 @@ def test_container_layouts(corpus, tmp_path):
     assert hf == [corpora.Utterance("p.parquet:1", "/abs/2.flac", "p.parquet:1", "Two.", None)]
 
 
-def test_merge_holds_one_part_of_tokens_at_a_time(tmp_path):
+@pytest.mark.parametrize("ids", ["rising", "falling"])
+def test_merge_holds_one_part_of_tokens_at_a_time(tmp_path, ids):
     """prepare.py's merge (parts.py), on 200 parts of 8 utterances of 2,000 tokens (6.4 MB of tokens in all): the
     Python heap's peak (tracemalloc, numpy's arrays included) stays under a quarter of the tokens, where holding them
-    all would take more than all; the shards hold every kept utterance in plan order, the first of an id kept, the
-    skips and speakers counted, val chosen by the id's hash."""
+    all would take more than all; the shards hold every kept utterance sorted by id, the first of an id (in plan
+    order) kept, the skips and speakers counted, val chosen by the id's hash. Ids rising as the parts come stream
+    straight through; falling ones go through the spill file."""
     import hashlib
     import tracemalloc
 
@@ -323,7 +318,9 @@ def test_merge_holds_one_part_of_tokens_at_a_time(tmp_path):
         items, results = [], []
         for i in range(8):
             n = 8 * c + i
-            uid = "utt00007" if n == 1501 else f"utt{n:05d}"  # an id again, far from its first
+            uid = f"utt{(n if ids == 'rising' else 99999 - n):05d}"
+            duplicate = f"utt{(7 if ids == 'rising' else 99999 - 7):05d}"
+            uid = duplicate if n == 1501 else uid  # an id again, far from its first
             items.append(Utterance(uid, None, f"{n}.flac", f"Utterance {n}.", f"spk{n % 3}" if n % 10 else None))
             results.append(Skip(f"{n}.flac", "silent", "") if n % 50 == 0 else rng.integers(0, 46656, 2000))
             if n % 50:
@@ -332,7 +329,7 @@ def test_merge_holds_one_part_of_tokens_at_a_time(tmp_path):
         paths.append(str(tmp_path / f"{c:05d}.npz"))
         parts.save_part(paths[-1], items, results, 1.0)
     first = {}
-    kept = [first.setdefault(k[0], k) for k in kept if k[0] not in first]
+    kept = sorted((first.setdefault(k[0], k) for k in kept if k[0] not in first), key=lambda k: k[0])
     tokens = sum(len(k[2]) for k in kept) * 2
 
     tracemalloc.start()
@@ -343,7 +340,9 @@ def test_merge_holds_one_part_of_tokens_at_a_time(tmp_path):
     assert tokens > 6_000_000 and peak < tokens / 4, f"peak {peak:,} bytes for {tokens:,} bytes of tokens"
 
     assert plan.speakers == ["spk0", "spk1", "spk2"] and plan.kept == len(kept) == 1600 - 32 - 1
-    assert len(plan.skipped) == skipped == 32 and [d.detail for d in plan.duplicates] == ["utt00007"]
+    assert len(plan.skipped) == skipped == 32 and [d.detail for d in plan.duplicates] == [duplicate]
+    assert (plan.order is None) == (ids == "rising")  # falling: through the spill file, which is gone afterwards
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(p) for p in paths] + ["out"])
     write_meta(str(tmp_path / "out"), {"dataset": "merge", "speakers": plan.speakers, "splits": stats})
     is_val = [int.from_bytes(hashlib.sha256(k[0].encode()).digest()[:8], "big") / 2 ** 64 < 0.05 for k in kept]
     assert 0 < sum(is_val) < len(kept)
