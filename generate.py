@@ -40,7 +40,8 @@ class Sampling:
                   "best_of": (1, 64, "1 to 64"), "max_seconds": (1e-9, 3600, "above 0, at most 3600")}
         for name, (low, high, allowed) in limits.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            whole = self.__dataclass_fields__[name].type is int  # top_k, best_of: a count, never 2.5
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not (
                     low <= value and (high is None or value <= high)):
                 raise ValueError(f"--{name}={value!r} is out of range: use {allowed}")
 
@@ -365,15 +366,18 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     speaks every sentence as its own chunk, anchored where the sentence starts. sampling.best_of: sample each chunk
     that many times in one batch and keep the one the model finds most likely (most_likely). sampling.max_seconds
     caps each chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
-    on_token: streaming (one text only): called with each audio id as soon as it is sampled.
+    on_token: streaming: on_token(i, id) is called with each audio id of text i as soon as it is sampled, and
+    on_token(i, None) once text i is finished (at its last chunk's end-of-audio, while its batch mates go on); an
+    on_token that returns False drops text i (its later chunks are not spoken; a batch whose rows have all ended or
+    been dropped stops at once). Chunks are not sampled again (what was handed on is said), and best_of must be 1.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
     strict: a chunk that ends without speech, or far sooner than the speech before it (missing_speech), is sampled
     again, and after RETRIES more tries raises SpeechMissing instead of coming back short; strict=False keeps it
     as it came (eval.py scores short outputs as the errors they are).
     """
     best_of = sampling.best_of
-    if on_token is not None and (len(texts) != 1 or best_of != 1):
-        raise ValueError("streaming speaks one text, one sample of it (not with --best_of)")
+    if on_token is not None and best_of != 1:
+        raise ValueError("streaming speaks one sample of each text (not with --best_of)")
     block = model.config.block_size
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -386,17 +390,18 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may
     # take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
     pack = not model.config.anchor_continuations
+    # per text, so that a text is cut the same whatever voices its batch mates have
     max_chunk = int((block - 2) / ((2 if pack else 1.5) * (1 + frames_per_byte)))
-    for text, audio in voices:
-        max_chunk = min(max_chunk, int((block - 2 - len(text) - len(audio)) / (1 + frames_per_byte)))
-    if max_chunk < 8:
+    max_chunks = [min(max_chunk, int((block - 2 - len(t) - len(a)) / (1 + frames_per_byte))) for t, a in voices]
+    if min(max_chunks) < 8:
         raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
                          f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
     chunks = []
-    for text, (voice_text, voice_audio) in zip(texts, voices):
+    for text, (voice_text, voice_audio), most in zip(texts, voices, max_chunks):
         fits = 2 + len(voice_text) + len(voice_audio) + (1 + frames_per_byte) * len(text) <= block
         whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
-        chunks.append([text] if whole else split_text(text, max_chunk, pack))  # a text that fits is not split
+        chunks.append([text] if whole else split_text(text, most, pack))  # a text that fits is not split
+    dropped = set()  # texts whose on_token returned False
     def speak(active, k):
         """Chunk k of each text in active, in one batch: {text: (audio ids, its anchor, the most it could say)}."""
         prompts, unconds, anchors = [], [], []
@@ -419,14 +424,27 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
                     decode_step=decode_step, anchors=anchors)
         if on_token is None:
             audio = generate(model, prompts, max_new, sampling, **args)
-        else:  # streaming one text: hand each token on as soon as it is sampled
-            steps = []
+        else:  # streaming: hand each row's tokens on as soon as they are sampled, and each text's end at its own
+            steps, live = [[] for _ in active], set(range(len(active)))
+            last = {j for j, i in enumerate(active) if k == len(chunks[i]) - 1}  # rows whose text ends with this chunk
             for token in stream(model, prompts, max_new, sampling, **args):
-                if int(token[0]) == EOA:
+                for j, t in enumerate(token.tolist()):
+                    if j not in live:
+                        continue
+                    if t == EOA:
+                        live.discard(j)
+                        if j in last:
+                            on_token(active[j], None)
+                    else:
+                        steps[j].append(t)
+                        if on_token(active[j], t) is False:
+                            live.discard(j)
+                            dropped.add(active[j])
+                if not live:
                     break
-                steps.append(int(token[0]))
-                on_token(steps[-1])
-            audio = [torch.tensor(steps, dtype=torch.long)]
+            for j in live & last:  # ran to max_new without an end-of-audio
+                on_token(active[j], None)
+            audio = [torch.tensor(s, dtype=torch.long) for s in steps]
         if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
             # a sample scores its end too (a run-on, a missing one), where the row has room for it
             ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
@@ -449,12 +467,15 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
         for k in range(max(len(chunks[i]) for i in group)):
-            todo = [i for i in group if k < len(chunks[i])]
+            todo = [i for i in group if k < len(chunks[i]) and i not in dropped]
+            if not todo:
+                continue
             # a chunk that comes back without its speech is sampled again (a slip), up to RETRIES times, then said
             for attempt in range(1 + (RETRIES if strict and on_token is None else 0)):
                 said, todo = speak(todo, k), []
                 for i, (a, anchor, max_new) in said.items():
-                    problem = strict and len(a) < max_new and missing_speech(model, a, chunks[i], k, spoken[i], i)
+                    problem = (strict and i not in dropped and len(a) < max_new
+                               and missing_speech(model, a, chunks[i], k, spoken[i], i))
                     if problem and attempt < RETRIES and on_token is None:
                         todo.append(i)
                         continue

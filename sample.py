@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecCheckpointError, CodecUnavailable,
-                   StreamingDecoder, load_audio, rms_db)
+                   StreamingDecoder, load_audio, pcm16, rms_db)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step, synthesize
@@ -157,7 +157,9 @@ if __name__ == "__main__":
             if synthetic:  # no audio to stream: show what the recogniser hears, as it is generated
                 heard = []
 
-                def on_token(token):
+                def on_token(_, token):
+                    if token is None:
+                        return
                     heard.append(token)
                     if not first:
                         first.append(time.time())
@@ -174,13 +176,13 @@ if __name__ == "__main__":
                     if not first:
                         first.append(time.time())
                     if stream_to == "-":
-                        sink.write((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+                        sink.write(pcm16(samples))
                         sink.flush()
                     else:
                         sink.write(samples)
 
                 decoder = StreamingDecoder(codec_loader(), write)
-                on_token, finish = decoder.push, decoder.flush
+                on_token, finish = lambda _, token: token is None or decoder.push(token), decoder.flush
         t0 = time.time()
         outputs = synthesize(model, texts, sampling, seed, batch_size, [voice] * len(texts), on_token=on_token,
                              decode_step=decode_step)
