@@ -2,7 +2,7 @@
 Serve a Dirt model over HTTP: OpenAI's /v1/audio/speech, with batching, streaming, named voices and a web page.
 
     python serve.py --out_dir=out-synthetic                    # runs until stopped: http://127.0.0.1:8000/
-    python serve.py --out_dir=out-synthetic --voices=voices     # voices/NAME.wav (or .npy ids) + NAME.txt
+    python serve.py --out_dir=out-synthetic --voices=voices     # runs until stopped: voices/NAME.wav + NAME.txt
 
 POST /v1/audio/speech takes OpenAI's request ({"model": "dirt", "input": "...", "voice": "default",
 "response_format": "wav"}) plus Dirt's own sampling fields (temperature, top_k, top_p, cfg_scale, max_seconds, seed)
@@ -28,8 +28,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecUnavailable, StreamingDecoder,
-                   pcm16)
+from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable,
+                   StreamingDecoder, pcm16)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, synthesize
@@ -423,8 +423,6 @@ if __name__ == "__main__":
         CODEC = None
         if audio != "no":
             try:
-                from codec import Codec
-
                 CODEC = Codec(codec_config, codec_ckpt or None, device)
             except CodecUnavailable as e:
                 if audio == "yes" or not SYNTHETIC:

@@ -2,6 +2,7 @@
 the real server in a subprocess. Answers against sample.py's, bad requests, limits, a load test, a real browser."""
 
 import concurrent.futures
+import importlib.util
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, one_line_error, run
 
 FIXTURE_CODEC = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
 VOICE_TEXT = "Tell me now."
@@ -72,9 +73,16 @@ def post(url, body, timeout=60):
         return e.code, e.headers, e.read()
 
 
+def needs(*modules):
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: pip install -r requirements-serve.txt (bash setup.sh)")
+
+
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
     """The server with the stand-in codec and one named voice (codec ids + transcript); yields (url, log, folder)."""
+    needs("fastapi", "uvicorn", "stable_codec")
     work, out_dir = trained
     folder = tmp_path_factory.mktemp("serve")
     (folder / "voices").mkdir()
@@ -208,6 +216,7 @@ def test_load_32_clients_beats_one_at_a_time(server, capsys):
 def test_limits_and_disconnects(trained, tmp_path):
     """A second server with tight limits and no codec: a full server answers 503 at once, a long queue wait is a
     503, a stream past the timeout ends, a client that goes away frees its row."""
+    needs("fastapi", "uvicorn")
     work, out_dir = trained
     log = tmp_path / "server.log"
     proc, url = start(work, out_dir, log, "--audio=no", "--max_concurrent=2", "--max_batch=1", "--max_queue_wait=0.5",
@@ -242,8 +251,7 @@ def test_limits_and_disconnects(trained, tmp_path):
 
 
 def test_cli_mistakes_are_one_line(trained, tmp_path):
-    from conftest import one_line_error
-
+    needs("fastapi", "uvicorn")
     work, out_dir = trained
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "x.npy").write_bytes(b"")
@@ -255,19 +263,22 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
 
 
 def test_web_page_plays_in_headless_chromium(server, tmp_path_factory, capsys):
+    needs("selenium")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, log, _ = server
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    options.binary_location = shutil.which("chromium")
     profile = tmp_path_factory.mktemp("chromium")
     for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}", "--window-size=900,700"]:
         options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     browser = webdriver.Chrome(options=options, service=service)
     try:
         browser.get(url + "/")
