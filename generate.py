@@ -353,7 +353,7 @@ def most_likely(scores, weakest=3):
 
 @torch.no_grad()
 def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voices=None, frames_per_byte=2.5,
-               on_token=None, decode_step=None, strict=True):
+               on_token=None, decode_step=None, strict=True, join=None):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
 
@@ -371,6 +371,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     on_token that returns False drops text i (its later chunks are not spoken; a batch whose rows have all ended or
     been dropped stops at once). Chunks are not sampled again (what was handed on is said), and best_of must be 1.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
+    join: None, or join(n) -> a list of at most n (text, voice) pairs to add to the batch between two rounds of
+    chunks (serve.py's waiting requests); they are numbered on from len(texts), in order, for on_token.
     strict: a chunk that ends without speech, or far sooner than the speech before it (missing_speech), is sampled
     again, and after RETRIES more tries raises SpeechMissing instead of coming back short; strict=False keeps it
     as it came (eval.py scores short outputs as the errors they are).
@@ -384,28 +386,37 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     if decode_step is not None:  # a compiled step samples from the global random state (see stream)
         torch.manual_seed(seed)
     empty = np.zeros(0, dtype=np.int64)
-    voices = [(v[0], np.asarray(v[1], dtype=np.int64)) if v else (b"", empty) for v in voices or [None] * len(texts)]
-    spoken = [[v] if len(v[1]) else [] for v in voices]  # per text: the voice prompt, then each chunk spoken
     # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
     # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may
     # take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
     pack = not model.config.anchor_continuations
-    # per text, so that a text is cut the same whatever voices its batch mates have
     max_chunk = int((block - 2) / ((2 if pack else 1.5) * (1 + frames_per_byte)))
-    max_chunks = [min(max_chunk, int((block - 2 - len(t) - len(a)) / (1 + frames_per_byte))) for t, a in voices]
-    if min(max_chunks) < 8:
-        raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
-                         f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
-    chunks = []
-    for text, (voice_text, voice_audio), most in zip(texts, voices, max_chunks):
-        fits = 2 + len(voice_text) + len(voice_audio) + (1 + frames_per_byte) * len(text) <= block
+    chunks, spoken, outputs = [], [], []  # per text: its chunks; its voice prompt, then each chunk spoken; its audio
+    dropped = set()  # texts whose on_token returned False
+
+    def add(text, voice):
+        """A text to speak, with its voice (None or (text, ids)); cut the same whatever its batch mates are."""
+        voice = (voice[0], np.asarray(voice[1], dtype=np.int64)) if voice else (b"", empty)
+        most = min(max_chunk, int((block - 2 - len(voice[0]) - len(voice[1])) / (1 + frames_per_byte)))
+        if most < 8:
+            raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
+                             f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
+        fits = 2 + len(voice[0]) + len(voice[1]) + (1 + frames_per_byte) * len(text) <= block
         whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
         chunks.append([text] if whole else split_text(text, most, pack))  # a text that fits is not split
-    dropped = set()  # texts whose on_token returned False
-    def speak(active, k):
-        """Chunk k of each text in active, in one batch: {text: (audio ids, its anchor, the most it could say)}."""
+        spoken.append([voice] if len(voice[1]) else [])
+        outputs.append([])
+        return len(chunks) - 1
+
+    for text, voice in zip(texts, voices or [None] * len(texts)):
+        add(text, voice)
+
+    def speak(active):
+        """The next chunk of each text in active, in one batch: {text: (audio ids, its anchor, the most it could say)}."""
         prompts, unconds, anchors = [], [], []
+        at = {i: len(outputs[i]) for i in active}  # which chunk of each text
         for i in active:
+            k = at[i]
             # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
             # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a
             # voice prompt does
@@ -426,7 +437,7 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
             audio = generate(model, prompts, max_new, sampling, **args)
         else:  # streaming: hand each row's tokens on as soon as they are sampled, and each text's end at its own
             steps, live = [[] for _ in active], set(range(len(active)))
-            last = {j for j, i in enumerate(active) if k == len(chunks[i]) - 1}  # rows whose text ends with this chunk
+            last = {j for j, i in enumerate(active) if at[i] == len(chunks[i]) - 1}  # rows whose text ends here
             for token in stream(model, prompts, max_new, sampling, **args):
                 for j, t in enumerate(token.tolist()):
                     if j not in live:
@@ -456,24 +467,31 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
             # wrong against the first alone (docs/results.md)
             rows = [j for j, a in enumerate(anchors) if a is not None]
             no_audio = torch.zeros(0, dtype=torch.long)
-            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][k]), no_audio) for j in rows]
+            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][at[active[j // best_of]]]),
+                                 no_audio) for j in rows]
             for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
                 scores[j].append(s)
             audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
         return {i: (a.cpu().numpy(), anchor, max_new) for i, a, anchor in zip(active, audio, anchors[::best_of])}
 
-    outputs = [[] for _ in texts]
+    def unsaid(group):
+        return [i for i in group if len(outputs[i]) < len(chunks[i]) and i not in dropped]
+
     order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
-        for k in range(max(len(chunks[i]) for i in group)):
-            todo = [i for i in group if k < len(chunks[i]) and i not in dropped]
+        while True:  # one round: the next chunk of each text of the group that has one left, in one batch
+            todo = unsaid(group)
+            if join:  # texts that came meanwhile take the free rows, from this round on
+                joined = [add(text, voice) for text, voice in join(batch_size - len(todo))]
+                group, todo = group + joined, todo + joined
             if not todo:
-                continue
+                break
             # a chunk that comes back without its speech is sampled again (a slip), up to RETRIES times, then said
             for attempt in range(1 + (RETRIES if strict and on_token is None else 0)):
-                said, todo = speak(todo, k), []
+                said, todo = speak(todo), []
                 for i, (a, anchor, max_new) in said.items():
+                    k = len(outputs[i])
                     problem = (strict and i not in dropped and len(a) < max_new
                                and missing_speech(model, a, chunks[i], k, spoken[i], i))
                     if problem and attempt < RETRIES and on_token is None:

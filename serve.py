@@ -7,8 +7,8 @@ Serve a Dirt model over HTTP: OpenAI's /v1/audio/speech, with batching, streamin
 POST /v1/audio/speech takes OpenAI's request ({"model": "dirt", "input": "...", "voice": "default",
 "response_format": "wav"}) plus Dirt's own sampling fields (temperature, top_k, top_p, cfg_scale, max_seconds, seed)
 and "stream": true for audio as it is made. GET /v1/voices lists the voices, GET /health the state, GET / is a page to
-try it. Requests that arrive while a batch is being sampled form the next batch, each row answered at its own
-end-of-audio (docs/serving.md says why not the running batch, and what it gains). Needs
+try it. Requests that arrive while a batch is being sampled join it at its next round (between two chunks of text),
+each answered at its own end-of-audio (docs/serving.md: why not at the next step, and what it gains). Needs
 `pip install -r requirements-serve.txt`; audio needs the codec (as sample.py; a synthetic-corpus model without one
 answers response_format "tokens" only).
 """
@@ -91,9 +91,10 @@ class Batcher:
     """
     One thread samples; requests queue for it. It takes the oldest request and every waiting one that samples the
     same way (one Sampling and one seed per batch, as synthesize has), up to max_batch, and speaks them side by side;
-    each row's tokens go back as they are made and its answer at its own end-of-audio. What arrives meanwhile waits
-    for the next batch: generate.stream's KV cache writes every row at one shared slot per step, so a row cannot be
-    prefilled into a running batch.
+    each row's tokens go back as they are made, and its answer at its own end-of-audio. Requests that arrive
+    meanwhile join the running batch at its next round (synthesize's join: between two chunks of text, when the KV
+    cache is laid out anew), into the rows that have ended; not between two steps, since generate.stream's KV cache
+    writes every row at one shared slot per step (docs/serving.md).
     """
 
     def __init__(self, model):
@@ -101,9 +102,13 @@ class Batcher:
         self.wake = threading.Condition()
         threading.Thread(target=self.loop, daemon=True, name="sampler").start()
 
+    def live(self):
+        """The requests being spoken: taken into the batch, neither finished nor gone."""
+        return [j for j in self.running if j.finished is None and not j.cancelled]
+
     def submit(self, job):
         with self.wake:
-            if len(self.queue) + len(self.running) >= max_concurrent:
+            if len(self.queue) + len(self.live()) >= max_concurrent:
                 raise ClientError(503, f"server busy: {max_concurrent} requests already queued or being spoken "
                                        "(--max_concurrent); try again shortly")
             self.queue.append(job)
@@ -116,22 +121,32 @@ class Batcher:
             if job in self.queue:
                 self.queue.remove(job)
 
-    def next_batch(self):
+    def take(self, key, n, rows):
+        """Up to n queued requests that sample as key says, oldest first; none while an older one samples otherwise
+        (it goes first, in the next batch, once this one drains). rows: the batch's rows with them."""
         with self.wake:
-            while not self.queue:
-                self.wake.wait()
-            key = (self.queue[0].sampling, self.queue[0].seed)
-            batch = [j for j in self.queue if (j.sampling, j.seed) == key][:max_batch]
-            self.queue = [j for j in self.queue if j not in batch]
-            self.running = batch
-            return batch
+            if not self.queue or (self.queue[0].sampling, self.queue[0].seed) != key:
+                return []
+            jobs = [j for j in self.queue if (j.sampling, j.seed) == key][:n]
+            self.queue = [j for j in self.queue if j not in jobs]
+            self.running += jobs
+        now = time.time()
+        for job in jobs:
+            job.started, job.batch = now, rows - n + len(jobs)
+        return jobs
 
     def loop(self):
         while True:
-            batch = self.next_batch()
-            now = time.time()
-            for job in batch:
-                job.started, job.batch = now, len(batch)
+            with self.wake:
+                while not self.queue:
+                    self.wake.wait()
+                key = (self.queue[0].sampling, self.queue[0].seed)
+            batch = self.take(key, max_batch, max_batch)
+
+            def join(n):
+                jobs = self.take(key, n, max_batch)
+                batch.extend(jobs)  # numbered on, as synthesize numbers the texts it is given
+                return [(j.text, j.voice) for j in jobs]
 
             def on_token(i, token):
                 job = batch[i]
@@ -148,8 +163,8 @@ class Batcher:
                     job.send(("token", token))
                 return True
             try:
-                synthesize(self.model, [j.text for j in batch], batch[0].sampling, batch[0].seed, len(batch),
-                           [j.voice for j in batch], on_token=on_token, strict=False)
+                synthesize(self.model, [j.text for j in batch], key[0], key[1], max_batch, [j.voice for j in batch],
+                           on_token=on_token, strict=False, join=join)
             except Exception:  # the server's fault, not a request's: the log keeps the traceback
                 traceback.print_exc()
                 for job in batch:
@@ -280,7 +295,7 @@ def make_app(batcher):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": MODEL_NAME, "synthetic": SYNTHETIC, "codec": CODEC is not None,
-                "queued": len(batcher.queue), "running": len(batcher.running), "voices": list(VOICES)}
+                "queued": len(batcher.queue), "running": len(batcher.live()), "voices": list(VOICES)}
 
     @app.get("/v1/voices")
     async def list_voices():
