@@ -412,7 +412,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
         add(text, voice)
 
     def speak(active):
-        """The next chunk of each text in active, in one batch: {text: (audio ids, its anchor, the most it could say)}."""
+        """The next chunk of each text in active, in one batch: {text: (audio ids, its anchor, the most it could
+        say)}."""
         prompts, unconds, anchors = [], [], []
         at = {i: len(outputs[i]) for i in active}  # which chunk of each text
         for i in active:

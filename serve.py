@@ -195,19 +195,23 @@ def parse_request(body):
     unknown = sorted(set(req) - known)
     if unknown:
         raise ClientError(400, f"unknown field {unknown[0]!r}; the fields are {', '.join(sorted(known))}", unknown[0])
-    if req.get("model", "dirt") not in ("dirt", MODEL_NAME):
+    if req.get("model", "dirt") not in ("dirt", MODEL_NAME) or not isinstance(req.get("model", ""), str):
         raise ClientError(400, f"model {req['model']!r} is not served here; use \"dirt\"", "model")
     text = req.get("input")
     if not isinstance(text, str) or not text.strip():
         raise ClientError(400, "input is missing or empty: give the text to speak, e.g. \"input\": \"Hello.\"", "input")
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:  # a lone surrogate: "\ud800" is valid JSON, not text
+        raise ClientError(400, f"input is not valid Unicode at character {e.start}", "input") from None
     if len(text) > max_chars:
         raise ClientError(413, f"input has {len(text)} characters, over this server's limit of {max_chars} "
                                "(--max_chars); split it into several requests", "input")
-    voice = req.get("voice") or "default"
-    if voice not in VOICES:
+    voice = "default" if req.get("voice") is None else req["voice"]
+    if not isinstance(voice, str) or voice not in VOICES:
         raise ClientError(400, f"unknown voice {voice!r}; this server has: {', '.join(VOICES)}", "voice")
-    fmt = req.get("response_format") or "wav"
-    if fmt not in FORMATS:
+    fmt = "wav" if req.get("response_format") is None else req["response_format"]
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise ClientError(400, f"response_format {fmt!r} is not one of {', '.join(FORMATS)}", "response_format")
     if fmt != "tokens" and CODEC is None:
         raise ClientError(400, f"response_format {fmt!r} needs the codec, which this server has not loaded "

@@ -157,6 +157,34 @@ def test_guidance_and_voice_prompt_run_in_one_batch(trained):
         synthesize(model, texts[:1], voices=[(b"long", np.zeros(400, dtype=np.int64))])
 
 
+def test_texts_that_join_a_running_batch_and_stream_say_what_they_say_alone(trained):
+    """synthesize(join=...), as serve.py uses it: texts added between rounds of chunks, each streamed with its own end
+    and dropped when its on_token says so, come out as each does alone (greedy), whatever the voices beside them."""
+    _, out_dir = trained
+    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    greedy = Sampling(max_seconds=2, temperature=0)
+    voice = (b"Tell me now.", np.arange(15) * 11)
+    first = [b"We met at the old station. It was late. Nobody else was there.", b"Go."]  # 3 chunks; 1
+    later = [(b"Call me tomorrow.", voice), (b"Sit down here.", None), (b"Drop me.", None)]  # 2, 3, 4
+    got, ended = {}, []
+
+    def on_token(i, token):
+        if token is None:
+            ended.append(i)
+        else:
+            got.setdefault(i, []).append(token)
+        return i != 4 or len(got[i]) < 3  # text 4 goes away after 3 tokens
+
+    out = synthesize(model, first, greedy, batch_size=3, voices=[voice, None], on_token=on_token, strict=False,
+                     join=lambda n: [later.pop(0) for _ in range(min(n, len(later)))])
+    texts = [(t, v) for t, v in zip(first, [voice, None])] + [(b"Call me tomorrow.", voice), (b"Sit down here.", None)]
+    for i, (text, v) in enumerate(texts):
+        alone = synthesize(model, [text], greedy, voices=[v], strict=False)[0]
+        assert np.array_equal(out[i], alone) and got.get(i, []) == alone.tolist(), i
+    assert len(got[4]) == 3 and 4 not in ended and sorted(ended) == [0, 1, 2, 3]
+    assert len(out) == 5 and not later  # batch_size 3: 2 joined the first round, 3 and 4 the second
+
+
 def test_streaming_decoder_is_seamless():
     if importlib.util.find_spec("stable_codec") is None:
         pytest.skip("stable_codec not installed: pip install --no-deps -r requirements-codec.txt")

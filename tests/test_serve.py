@@ -144,6 +144,9 @@ BAD = [  # (body, status, a word of the message)
     ({"input": "Hi.", "stream": True, "response_format": "mp3"}, 400, "stream"),
     ({"input": "Hi.", "model": "tts-1"}, 400, "model"), ({"input": "Hi.", "instructions": "sing"}, 400, "unknown"),
     (b'{"input": "Hi.",', 400, "not JSON"), (b"[1, 2]", 400, "JSON object"), (b"", 400, "not JSON"),
+    (b'{"input": "\\ud800 hi"}', 400, "Unicode"), ({"input": 5}, 400, "input"), ({"input": "Hi.", "voice": [1]}, 400,
+    "voice"), ({"input": "Hi.", "response_format": {}}, 400, "response_format"), ({"input": "Hi.", "model": []}, 400,
+    "model"),
 ]
 
 
@@ -239,10 +242,11 @@ def test_limits_and_disconnects(trained, tmp_path):
         req = urllib.request.Request(url + "/v1/audio/speech", json.dumps(long).encode())
         first = urllib.request.urlopen(req, timeout=10)  # chunk after chunk: seconds of sampling
         assert first.readline().strip().isdigit()
-        waiting = concurrent.futures.ThreadPoolExecutor(1).submit(post, url, {"input": "Hi.", "response_format": "tokens"})
+        short = {"input": "Hi.", "response_format": "tokens"}
+        waiting = concurrent.futures.ThreadPoolExecutor(1).submit(post, url, short)
         time.sleep(0.2)
         t0 = time.time()
-        status, _, data = post(url, {"input": "Hi.", "response_format": "tokens"})
+        status, _, data = post(url, short)
         assert status == 503 and b"--max_concurrent" in data and time.time() - t0 < 1
         status, _, data = waiting.result()
         assert status == 503 and b"--max_queue_wait" in data
