@@ -48,6 +48,7 @@ seed = 1337  # a request's seed when it gives none
 max_chars = 2000  # the longest input, in characters
 max_concurrent = 64  # requests queued or being spoken at once; one more gets a 503
 max_batch = 32  # rows sampled side by side
+join = True  # requests join the running batch between two rounds of chunks; False: they wait for the next batch
 max_queue_wait = 30.0  # seconds a request may wait for its batch to start before it gets a 503
 request_timeout = 120.0  # seconds from arrival to the end of the answer; then a 504 (or a stream cut short)
 codec_config = CONFIG_PATH
@@ -143,7 +144,7 @@ class Batcher:
                 key = (self.queue[0].sampling, self.queue[0].seed)
             batch = self.take(key, max_batch, max_batch)
 
-            def join(n):
+            def join_queued(n):
                 jobs = self.take(key, n, max_batch)
                 batch.extend(jobs)  # numbered on, as synthesize numbers the texts it is given
                 return [(j.text, j.voice) for j in jobs]
@@ -164,7 +165,7 @@ class Batcher:
                 return True
             try:
                 synthesize(self.model, [j.text for j in batch], key[0], key[1], max_batch, [j.voice for j in batch],
-                           on_token=on_token, strict=False, join=join)
+                           on_token=on_token, strict=False, join=join_queued if join else None)
             except Exception:  # the server's fault, not a request's: the log keeps the traceback
                 traceback.print_exc()
                 for job in batch:

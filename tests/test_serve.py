@@ -271,8 +271,7 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "x.npy").write_bytes(b"")
     for args, needle in [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
-                         (["--voices=/nonexistent"], "not a folder"), (["--max_batch=0"], "max_batch"),
-                         (["--best_of=2"], "best_of"), (["--temperature=-1"], "temperature")]:
+                         (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of")]:
         flags = [f"--out_dir={out_dir}"] if not args[0].startswith("--out_dir") else []
         one_line_error(run("serve.py", *flags, *args, "--audio=no", cwd=work, check=False), needle)
 
