@@ -350,30 +350,26 @@ def make_app(batcher):
             return Response(body, media_type=FORMATS[fmt][0], headers=headers)
 
         async def chunks():
-            """The answer as it is made: raw PCM (after a WAV header), or one token id per line."""
-            pieces = []
-            decoder = None if fmt == "tokens" else StreamingDecoder(CODEC, pieces.append)
-            status = 200
+            """The answer as it is made: one token id per line, or raw PCM (after a WAV header) as fast as the
+            streaming decoder turns the tokens into audio."""
+            pieces, status = [], 200
+            decoder = None if fmt == "tokens" else StreamingDecoder(CODEC, lambda wav: pieces.append(pcm16(wav)))
             try:
                 if fmt == "wav":
                     yield wav_header()
-                while True:
+                while True:  # a client that goes away closes this generator: see finally
                     kind, value = await next_event(lambda: asyncio.sleep(0, result=False))
                     if kind == "error":
                         status = 500
                         break
-                    if decoder is None:
-                        if kind == "token":
-                            job.first_audio = job.first_audio or time.time()
-                            yield f"{value}\n".encode()
-                        if kind == "done":
-                            break
-                        continue
-                    await run_in_threadpool(decoder.push if kind == "token" else decoder.flush, *(
-                        [value] if kind == "token" else []))
-                    while pieces:
+                    if decoder is None and kind == "token":
+                        pieces.append(f"{value}\n".encode())
+                    elif decoder is not None:
+                        await run_in_threadpool(*([decoder.push, value] if kind == "token" else [decoder.flush]))
+                    for piece in pieces:
                         job.first_audio = job.first_audio or time.time()
-                        yield pcm16(pieces.pop(0))
+                        yield piece
+                    pieces.clear()
                     if kind == "done":
                         break
             except ClientError as e:  # a timeout: the stream just ends, short
