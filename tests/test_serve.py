@@ -19,6 +19,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from conftest import ROOT, one_line_error, run
 
@@ -89,6 +90,9 @@ def server(trained, tmp_path_factory):
     (folder / "voices").mkdir()
     np.save(folder / "voices" / "anna.npy", np.arange(15) * 11)
     (folder / "voices" / "anna.txt").write_text(VOICE_TEXT)
+    t = np.arange(32000) / 16000  # a recording (a warbling tone), encoded at start-up through the codec
+    sf.write(folder / "voices" / "bob.wav", 0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t), 16000)
+    (folder / "voices" / "bob.txt").write_text("Call me tomorrow.")
     log = folder / "server.log"
     proc, url = start(work, out_dir, log, f"--voices={folder / 'voices'}", f"--codec_config={FIXTURE_CODEC}",
                       "--codec_ckpt=", "--max_seconds=2", "--max_chars=300")
@@ -98,8 +102,6 @@ def server(trained, tmp_path_factory):
 
 
 def test_greedy_answer_is_sample_py_tokens_as_a_wav(server, trained):
-    import soundfile as sf
-
     from codec import Codec, pcm16
 
     url, log, folder = server
@@ -128,14 +130,17 @@ def test_greedy_answer_is_sample_py_tokens_as_a_wav(server, trained):
         status, headers, data = post(url, {"input": "Go now.", "response_format": fmt})
         assert status == 200 and data.startswith(magic) and len(data) > 100, (fmt, data[:8])
     assert get(url + "/v1/voices")["voices"] == [{"name": "default", "transcript": ""},
-                                                 {"name": "anna", "transcript": VOICE_TEXT}]
+                                                 {"name": "anna", "transcript": VOICE_TEXT},
+                                                 {"name": "bob", "transcript": "Call me tomorrow."}]
+    status, _, data = post(url, {"input": "Go now.", "voice": "bob", "response_format": "tokens"})
+    assert status == 200 and len(json.loads(data)["tokens"]) > 0
     assert re.search(r"request \d+: 200, 28 chars, [\d.]+ s of audio, latency [\d.]+ s, first token \d+ ms, first "
                      r"audio \d+ ms, batch of 1", log.read_text())
 
 
 BAD = [  # (body, status, a word of the message)
     ({"model": "dirt"}, 400, "input"), ({"input": "  "}, 400, "input"), ({"input": "x" * 301}, 413, "max_chars"),
-    (b'{"input": "\xff\xfe"}', 400, "UTF-8"), ({"input": "Hi.", "voice": "bob"}, 400, "default, anna"),
+    (b'{"input": "\xff\xfe"}', 400, "UTF-8"), ({"input": "Hi.", "voice": "eve"}, 400, "default, anna, bob"),
     ({"input": "Hi.", "response_format": "ogg"}, 400, "response_format"),
     ({"input": "Hi.", "temperature": 1e9}, 400, "temperature"), ({"input": "Hi.", "top_p": -1}, 400, "top_p"),
     ({"input": "Hi.", "top_k": 2.5}, 400, "top_k"), ({"input": "Hi.", "cfg_scale": "big"}, 400, "cfg_scale"),
@@ -297,7 +302,7 @@ def test_web_page_plays_in_headless_chromium(server, tmp_path_factory, capsys):
     try:
         browser.get(url + "/")
         wait = WebDriverWait(browser, 30)
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#voice option")) == 2)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#voice option")) == 3)
         box = browser.find_element(By.ID, "text")
         box.clear()
         box.send_keys("Call me tomorrow.")
