@@ -445,6 +445,11 @@ if __name__ == "__main__":
                     raise ValueError(f"{e} (or --audio=no to serve tokens only)") from None
                 print(f"note: tokens only, no audio: {e}")
         VOICES = load_voices(voices, lambda: CODEC if CODEC else Codec(codec_config, codec_ckpt or None, device))
+        for name, voice in VOICES.items():  # one token in each voice: a prompt too long for the model fails now
+            try:
+                synthesize(model, [b"Hello."], replace(SAMPLING, max_seconds=0.04), voices=[voice], strict=False)
+            except ValueError as e:
+                raise ValueError(f"--voices: {name}: {e}") from None
     except (ValueError, CheckpointError, CodecUnavailable) as e:
         fail(str(e))
     print(f"serving {MODEL_NAME} on http://{host}:{port}/ (voices: {', '.join(VOICES)}; codec: "

@@ -275,10 +275,19 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     work, out_dir = trained
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "x.npy").write_bytes(b"")
+    (tmp_path / "long").mkdir()
+    np.save(tmp_path / "long" / "long.npy", np.arange(300))  # more than the tiny model's context leaves room for
+    (tmp_path / "long" / "long.txt").write_text("Tell me now.")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
     for args, needle in [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
-                         (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of")]:
+                         ([f"--voices={tmp_path}/long"], "--voices: long: the voice prompt leaves too little room"),
+                         (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"),
+                         ([f"--port={taken.getsockname()[1]}"], "pick another --port")]:
         flags = [f"--out_dir={out_dir}"] if not args[0].startswith("--out_dir") else []
         one_line_error(run("serve.py", *flags, *args, "--audio=no", cwd=work, check=False), needle)
+    taken.close()
 
 
 def test_web_page_plays_in_headless_chromium(server, tmp_path_factory, capsys):
