@@ -8,7 +8,9 @@ POST /v1/audio/speech takes OpenAI's request ({"model": "dirt", "input": "...", 
 "response_format": "wav"}) plus Dirt's own sampling fields (temperature, top_k, top_p, cfg_scale, max_seconds, seed)
 and "stream": true for audio as it is made. GET /v1/voices lists the voices, GET /health the state, GET / is a page to
 try it. Requests that arrive while a batch is being sampled join it at its next round (between two chunks of text),
-each answered at its own end-of-audio (docs/serving.md: why not at the next step, and what it gains). Needs
+each answered at its own end-of-audio (docs/serving.md: why not at the next step, and what it gains). Each request
+samples from its own random stream, so {"input": T, "seed": S} answers what `sample.py --text=T --seed=S` writes,
+whatever else the server is doing; one without a seed gets a fresh one, in the X-Dirt-Seed header. Needs
 `pip install -r requirements-serve.txt`; audio needs the codec (as sample.py; a synthetic-corpus model without one
 answers response_format "tokens" only).
 """
@@ -18,6 +20,7 @@ import io
 import json
 import os
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -43,7 +46,6 @@ host = "127.0.0.1"  # 0.0.0.0 to serve other machines (there is no authenticatio
 port = 8000
 voices = ""  # a folder of voice prompts: NAME.wav (any audio file the codec reads) or NAME.npy (codec ids) + NAME.txt
 globals().update(Sampling.defaults())  # a request's sampling settings when it gives none; max_seconds is also its cap
-seed = 1337  # a request's seed when it gives none
 # limits: a request over one is answered at once with a JSON error (4xx, or 503 when the server is full)
 max_chars = 2000  # the longest input, in characters
 max_concurrent = 64  # requests queued or being spoken at once; one more gets a 503
@@ -91,7 +93,8 @@ class Job:
 class Batcher:
     """
     One thread samples; requests queue for it. It takes the oldest request and every waiting one that samples the
-    same way (one Sampling and one seed per batch, as synthesize has), up to max_batch, and speaks them side by side;
+    same way (one Sampling per batch, as synthesize has; each row its own seed), up to max_batch, and speaks them side
+    by side;
     each row's tokens go back as they are made, and its answer at its own end-of-audio. Requests that arrive
     meanwhile join the running batch at its next round (synthesize's join: between two chunks of text, when the KV
     cache is laid out anew), into the rows that have ended; not between two steps, since generate.stream's KV cache
@@ -126,9 +129,9 @@ class Batcher:
         """Up to n queued requests that sample as key says, oldest first; none while an older one samples otherwise
         (it goes first, in the next batch, once this one drains). rows: the batch's rows with them."""
         with self.wake:
-            if not self.queue or (self.queue[0].sampling, self.queue[0].seed) != key:
+            if not self.queue or self.queue[0].sampling != key:
                 return []
-            jobs = [j for j in self.queue if (j.sampling, j.seed) == key][:n]
+            jobs = [j for j in self.queue if j.sampling == key][:n]
             self.queue = [j for j in self.queue if j not in jobs]
             self.running += jobs
         now = time.time()
@@ -141,13 +144,13 @@ class Batcher:
             with self.wake:
                 while not self.queue:
                     self.wake.wait()
-                key = (self.queue[0].sampling, self.queue[0].seed)
+                key = self.queue[0].sampling
             batch = self.take(key, max_batch, max_batch)
 
             def join_queued(n):
                 jobs = self.take(key, n, max_batch)
                 batch.extend(jobs)  # numbered on, as synthesize numbers the texts it is given
-                return [(j.text, j.voice) for j in jobs]
+                return [(j.text, j.voice, j.seed) for j in jobs]
 
             def on_token(i, token):
                 job = batch[i]
@@ -164,8 +167,9 @@ class Batcher:
                     job.send(("token", token))
                 return True
             try:
-                synthesize(self.model, [j.text for j in batch], key[0], key[1], max_batch, [j.voice for j in batch],
-                           on_token=on_token, strict=False, join=join_queued if join else None)
+                synthesize(self.model, [j.text for j in batch], key, [j.seed for j in batch], max_batch,
+                           [j.voice for j in batch], on_token=on_token, strict=False,
+                           join=join_queued if join else None)
             except Exception:  # the server's fault, not a request's: the log keeps the traceback
                 traceback.print_exc()
                 for job in batch:
@@ -231,7 +235,8 @@ def parse_request(body):
     if sampling.max_seconds > SAMPLING.max_seconds:
         raise ClientError(400, f"max_seconds {sampling.max_seconds} is over this server's {SAMPLING.max_seconds} "
                                "(--max_seconds)", "max_seconds")
-    job_seed = req.get("seed", seed)
+    # no seed: a fresh one, answered in X-Dirt-Seed (and logged), so that any answer can be asked for again
+    job_seed = req["seed"] if req.get("seed") is not None else secrets.randbits(63)
     if isinstance(job_seed, bool) or not isinstance(job_seed, int) or not 0 <= job_seed < 2 ** 63:
         raise ClientError(400, f"seed must be an integer from 0 to 2**63-1, not {job_seed!r}", "seed")
     return text.strip().encode(), voice, fmt, stream, sampling, job_seed
@@ -270,7 +275,7 @@ def log(job, status):
         return f"{(t - job.arrived) * 1000:.0f} ms" if t else "none"
     print(f"request {job.id}: {status}, {len(job.text.decode())} chars, {len(job.tokens) / TOKENS_PER_SECOND:.2f} s "
           f"of audio, latency {time.time() - job.arrived:.2f} s, first token {since(job.first)}, first audio "
-          f"{since(job.first_audio)}, batch of {job.batch}", flush=True)
+          f"{since(job.first_audio)}, batch of {job.batch}, seed {job.seed}", flush=True)
 
 
 def make_app(batcher):
@@ -315,7 +320,7 @@ def make_app(batcher):
         text, voice, fmt, stream, sampling, job_seed = parse_request(await request.body())
         job = Job(next(ids), text, VOICES[voice], sampling, job_seed, stream, asyncio.get_running_loop())
         batcher.submit(job)
-        headers = {"X-Request-Id": str(job.id)}
+        headers = {"X-Request-Id": str(job.id), "X-Dirt-Seed": str(job.seed)}
 
         async def next_event(disconnected):
             """The job's next event; on a disconnect, a timeout or a long wait in the queue, it is cancelled."""

@@ -101,7 +101,7 @@ def server(trained, tmp_path_factory):
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
-def test_greedy_answer_is_sample_py_tokens_as_a_wav(server, trained):
+def test_answer_is_sample_py_tokens_as_a_wav(server, trained):
     from codec import Codec, pcm16
 
     url, log, folder = server
@@ -134,6 +134,18 @@ def test_greedy_answer_is_sample_py_tokens_as_a_wav(server, trained):
                                                  {"name": "bob", "transcript": "Call me tomorrow."}]
     status, _, data = post(url, {"input": "Go now.", "voice": "bob", "response_format": "tokens"})
     assert status == 200 and len(json.loads(data)["tokens"]) > 0
+    # sampled (the defaults, temperature 0.6): a seed names the answer, sample.py's with that seed
+    text = "Sit down here. Come back soon, please."
+    run("sample.py", f"--out_dir={out_dir}", f"--text={text}", "--seed=8", "--max_seconds=2",
+        f"--output_dir={folder}/sampled", cwd=work)
+    expected = np.load(folder / "sampled" / "000.npy")
+    status, headers, data = post(url, {"input": text, "seed": 8, "response_format": "tokens"})
+    assert status == 200 and headers["X-Dirt-Seed"] == "8" and json.loads(data)["tokens"] == expected.tolist()
+    # no seed: a fresh one, in the header and the log, that asks for the same answer again
+    status, headers, data = post(url, {"input": text, "response_format": "tokens"})
+    fresh = int(headers["X-Dirt-Seed"])
+    assert status == 200 and post(url, {"input": text, "seed": fresh, "response_format": "tokens"})[2] == data
+    assert f"seed {fresh}" in log.read_text()
     assert re.search(r"request \d+: 200, 28 chars, [\d.]+ s of audio, latency [\d.]+ s, first token \d+ ms, first "
                      r"audio \d+ ms, batch of 1", log.read_text())
 
@@ -168,10 +180,11 @@ def test_bad_requests_are_quick_json_errors(server):
 
 
 def test_load_32_clients_beats_one_at_a_time(server, capsys):
-    """32 clients x 4 requests of mixed lengths and voices, each answered with its own tokens (the same as when it
-    is served alone), while /health keeps answering; aggregate tokens/s against the same requests one at a time."""
+    """32 clients x 4 sampled requests of mixed lengths and voices, each with its own seed, each answered with its
+    own tokens, byte for byte what it gets served alone (its seed, not its batch mates, decides its draws), while
+    /health keeps answering; aggregate tokens/s against the same requests one at a time."""
     url, log, _ = server
-    requests = [{"input": TEXTS[(c + r) % len(TEXTS)], "voice": ["default", "anna"][c % 2], "temperature": 0,
+    requests = [{"input": TEXTS[(c + r) % len(TEXTS)], "voice": ["default", "anna"][c % 2], "seed": 100 * c + r,
                  "response_format": "tokens" if (c + r) % 8 else "wav"} for c in range(32) for r in range(4)]
 
     def ask(body, connection):
