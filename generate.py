@@ -481,7 +481,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
         max_new = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - longest)
         if max_new < 1:
             raise ValueError(f"text does not fit this model's block_size {block}")
-        args = dict(generators=[generators[i] for i in active for _ in range(best_of)], uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
+        args = dict(generators=[generators[i] for i in active for _ in range(best_of)],
+                    uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
                     decode_step=decode_step, anchors=anchors)
         if on_token is None:
             audio = generate(model, prompts, max_new, sampling, **args)

@@ -8,7 +8,9 @@ Sample speech from a trained Dirt model.
 Writes samples/000.npy, 001.npy, ... (Stable Codec ids, 25 per second) and, for a model trained on the synthetic
 corpus, prints what its recogniser hears; for a real-speech model also 000.wav, ... through the codec. How to sample
 (--temperature, --top_p, --best_of, ...: generate.Sampling) is set the same way in eval.py and bench.py;
-`python sample.py --help` lists every setting. The checkpoint is loaded with weights_only=True: no code in it runs.
+`python sample.py --help` lists every setting. Each text samples from its own random stream, line i of --text_file
+seeded --seed + i, so it comes out as `--text=<line i> --seed=<seed + i>` would, whatever the other lines. The
+checkpoint is loaded with weights_only=True: no code in it runs.
 """
 
 import os
