@@ -156,8 +156,8 @@ def draw_races(races, runs, ended):
     in place, row by row (its coarse draws, then its fine ones), one call per run of rows that share a generator
     (generator_runs), and only while one of them is still speaking (ended: per row, a list). So a text's draws are a
     function of its seed and of its own tokens alone: not of its batch mates, nor of how long they run after it has
-    ended, nor of when it joined. The cost is one call per text per step, not one per batch: on a CPU, ~1 us per
-    text on top of the ~7 us of the draws themselves (docs/serving.md); on a GPU one small kernel launch per text
+    ended, nor of when it joined. The cost is one call per text per step, not one per batch: on a CPU, 1 to 2 us
+    per text on top of the ~7 us of its draws (docs/serving.md); on a GPU one small kernel launch per text
     per step, outside the compiled step's graph. A counter-based stream (a Philox hash of seed and step in the graph)
     would be one kernel, but would change every sampled output, batch-1 ones too.
     """

@@ -93,12 +93,11 @@ class Job:
 class Batcher:
     """
     One thread samples; requests queue for it. It takes the oldest request and every waiting one that samples the
-    same way (one Sampling per batch, as synthesize has; each row its own seed), up to max_batch, and speaks them side
-    by side;
-    each row's tokens go back as they are made, and its answer at its own end-of-audio. Requests that arrive
-    meanwhile join the running batch at its next round (synthesize's join: between two chunks of text, when the KV
-    cache is laid out anew), into the rows that have ended; not between two steps, since generate.stream's KV cache
-    writes every row at one shared slot per step (docs/serving.md).
+    same way (one Sampling per batch, as synthesize has; each row has its own seed), up to max_batch, and speaks them
+    side by side; each row's tokens go back as they are made, and its answer at its own end-of-audio. Requests that
+    arrive meanwhile join the running batch at its next round (synthesize's join: between two chunks of text, when the
+    KV cache is laid out anew), into the rows that have ended; not between two steps, since generate.stream's KV
+    cache writes every row at one shared slot per step (docs/serving.md).
     """
 
     def __init__(self, model):
