@@ -426,6 +426,11 @@ class Codec:
         return [audio[i, :n * HOP].copy() for i, n in enumerate(lengths)]
 
 
+def pcm16(samples):
+    """Float audio in [-1, 1] -> raw 16-bit little-endian PCM bytes (what `aplay -f S16_LE` and a WAV's data hold)."""
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
 class StreamingDecoder:
     """
     Turns a growing list of codec ids into audio as it grows. Every `hop` new tokens it decodes a window that

@@ -40,7 +40,8 @@ class Sampling:
                   "best_of": (1, 64, "1 to 64"), "max_seconds": (1e-9, 3600, "above 0, at most 3600")}
         for name, (low, high, allowed) in limits.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            whole = self.__dataclass_fields__[name].type is int  # top_k, best_of: a count, never 2.5
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not (
                     low <= value and (high is None or value <= high)):
                 raise ValueError(f"--{name}={value!r} is out of range: use {allowed}")
 
@@ -75,16 +76,17 @@ def decode_one_token(model, token, pos, valid, input_pos):
     return model(token, pos=pos, mask=mask, input_pos=input_pos)[:, -1]
 
 
-def decode_and_sample(model, token, pos, valid, input_pos, sampling, generator=None):
+def decode_and_sample(model, token, pos, valid, input_pos, sampling, noise=None):
     """
     One generation step, the unit sample.py --compile turns into a CUDA graph: feed each row's last token [B] (twice
     under guidance: the conditional rows, then the unconditional), then sample the next one [B]. Sampling in the
     graph too, not only the decode: eager sampling is some 25 small kernel launches, which on a GPU can take longer
-    than the whole compiled decode (docs/results.md).
+    than the whole compiled decode (docs/results.md). noise: as sample_audio_token's; the graph takes the draws of
+    draw_races as an input (a torch.Generator cannot go into it).
     """
     feed = token.repeat(2) if sampling.cfg_scale != 1.0 else token
     h = decode_one_token(model, feed[:, None], pos, valid, input_pos)
-    return sample_audio_token(model, h, sampling, generator)
+    return sample_audio_token(model, h, sampling, noise)
 
 
 def decode_compile_options(device):
@@ -124,22 +126,55 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     return logits
 
 
-def pick(logits, sampling, generator):
+def pick(logits, sampling, noise):
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p).softmax(dim=-1)
     # the exponential race: argmax(p_i / E_i), E_i ~ Exp(1), is i with probability p_i, with no host sync and no
     # torch.multinomial, so that a compiled step samples inside its CUDA graph (gpt-fast does the same)
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    race = noise if isinstance(noise, torch.Tensor) else torch.empty_like(probs).exponential_(1, generator=noise)
     return (probs / race).argmax(dim=-1)
 
 
-def sample_audio_token(model, h, sampling, generator=None):
+RACE_WIDTH = N_COARSE + 1 + N_FINE  # one row's draws per step: its coarse class (or EOA), then its fine digits
+
+
+def generator_runs(generators):
+    """[(generator, first row, end row)]: the runs of adjacent rows that share one generator (a text's best_of)."""
+    runs = []
+    for j, g in enumerate(generators):
+        if runs and runs[-1][0] is g:
+            runs[-1][2] = j + 1
+        else:
+            runs.append([g, j, j + 1])
+    return runs
+
+
+def draw_races(races, runs, ended):
+    """
+    One step's Exp(1) draws for sample_audio_token, each text from its own stream: races [B, RACE_WIDTH] is refilled
+    in place, row by row (its coarse draws, then its fine ones), one call per run of rows that share a generator
+    (generator_runs), and only while one of them is still speaking (ended: per row, a list). So a text's draws are a
+    function of its seed and of its own tokens alone: not of its batch mates, nor of how long they run after it has
+    ended, nor of when it joined. The cost is one call per text per step, not one per batch: on a CPU, 1 to 2 us
+    per text on top of the ~7 us of its draws (docs/serving.md); on a GPU one small kernel launch per text
+    per step, outside the compiled step's graph. A counter-based stream (a Philox hash of seed and step in the graph)
+    would be one kernel, but would change every sampled output, batch-1 ones too.
+    """
+    for g, first, end in runs:
+        if not all(ended[first:end]):
+            races[first:end].exponential_(1, generator=g)
+    return races
+
+
+def sample_audio_token(model, h, sampling, noise=None):
     """
     One next token per row from hidden states h [B, n_embd]: a coarse class (or EOA), then the fine digits given
     it. Only audio ids 0..46655 or EOA can come out. temperature 0 = greedy; top-k / top-p apply to each stage.
     With cfg_scale != 1, h holds the conditional rows then the unconditional ones ([2B, n_embd]); both stages use
-    the guided logits uncond + cfg_scale * (cond - uncond), and B tokens come out.
+    the guided logits uncond + cfg_scale * (cond - uncond), and B tokens come out (guidance draws nothing more).
+    noise: where the random draws come from: None (torch's global random state) or a torch.Generator, one stream
+    for the whole batch; or the draws themselves, [B, RACE_WIDTH] from draw_races, one stream per text.
     """
     guided = sampling.cfg_scale != 1.0
 
@@ -149,11 +184,12 @@ def sample_audio_token(model, h, sampling, generator=None):
         cond, uncond = logits.chunk(2)
         return uncond + sampling.cfg_scale * (cond - uncond)
 
-    coarse = pick(guide(model.coarse_logits(h)), sampling, generator)
+    drawn = isinstance(noise, torch.Tensor)
+    coarse = pick(guide(model.coarse_logits(h)), sampling, noise[:, :N_COARSE + 1] if drawn else noise)
     eoa = coarse == N_COARSE
     coarse = coarse.clamp(max=N_COARSE - 1)
     both = coarse.repeat(2) if guided else coarse
-    fine = pick(guide(model.fine_logits(h, both)), sampling, generator)
+    fine = pick(guide(model.fine_logits(h, both)), sampling, noise[:, N_COARSE + 1:] if drawn else noise)
     return torch.where(eoa, torch.full_like(coarse, EOA), coarse * N_FINE + fine)
 
 # -----------------------------------------------------------------------------
@@ -161,7 +197,7 @@ def sample_audio_token(model, h, sampling, generator=None):
 
 
 @torch.no_grad()
-def stream(model, prompts, max_new_tokens, sampling=Sampling(), generator=None, uncond_prompts=None,
+def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None, uncond_prompts=None,
            decode_step=None, anchors=None):
     """
     Continue each prompt (a 1-D LongTensor from model.make_prompt) with audio tokens, yielding the next token of every
@@ -170,8 +206,9 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generator=None, 
     RoPE positions, so a row's output is the same as when it is sampled alone.
     Classifier-free guidance (sampling.cfg_scale != 1): uncond_prompts (the same prompts without their text) run in
     the same batch, and logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
-    decode_step: a compile_decode_step(), or None for the eager decode_and_sample; compiled, it samples from torch's
-    global random state (a generator cannot go into the graph): seed it with torch.manual_seed.
+    generators: per prompt, the torch.Generator its draws come from (draw_races; adjacent prompts may share one: a
+    text's best_of samples), so that each row samples the same whatever its batch mates; None: torch's global random
+    state, one stream for the batch. decode_step: a compile_decode_step(), or None for the eager decode_and_sample.
     anchors: per prompt, None or (for one that ends in a voice prompt's audio) the byte of its text where the new
     speech starts; with GPTConfig.anchor_continuations the new audio's positions restart there.
     """
@@ -207,35 +244,42 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generator=None, 
 
     model.setup_cache(len(rows), total)
     decode_step = decode_step or decode_and_sample
-    step_generator = None if compiled else generator
+    noise = None
+    if generators is not None and sampling.temperature > 0:
+        if len(generators) != B:
+            raise ValueError(f"{len(generators)} generators for {B} prompts: give one per prompt")
+        runs = generator_runs(generators)
+        noise = draw_races(torch.empty(B, RACE_WIDTH, device=device), runs, [False] * B)
     try:
         anchor = None
         if anchor_at is not None:  # at each anchored prompt's last token, as data.get_batch marks it
             anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
             anchor[:, P - 1] = torch.where(anchored, anchor_byte[:, 0], -1)
         h = prefill(model, idx, pos_all[:, :P], valid[:, :P], P, anchor)  # the prompt sees the prompt's slots only
-        token = sample_audio_token(model, h, sampling, generator)
+        token = sample_audio_token(model, h, sampling, noise)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_new_tokens):
             token = torch.where(done, torch.full_like(token, EOA), token)  # a new tensor: a graph's output is not
             done |= token == EOA
             yield token
-            if bool(done.all()) or t == max_new_tokens - 1:
+            ended = done.tolist()
+            if all(ended) or t == max_new_tokens - 1:
                 break
+            if noise is not None:  # the rows that have ended draw no more
+                draw_races(noise, runs, ended)
             slot = P + t
             # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
             seen = valid if compiled else valid[:, :slot + 1]
-            token = decode_step(model, token, pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1], sampling,
-                                step_generator)
+            token = decode_step(model, token, pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1], sampling, noise)
     finally:
         model.clear_cache()
 
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, sampling=Sampling(), generator=None, uncond_prompts=None,
+def generate(model, prompts, max_new_tokens, sampling=Sampling(), generators=None, uncond_prompts=None,
              decode_step=None, anchors=None):
     """stream() to the end: a list of 1-D LongTensors of audio ids per prompt (EOA not included)."""
-    steps = list(stream(model, prompts, max_new_tokens, sampling, generator, uncond_prompts, decode_step, anchors))
+    steps = list(stream(model, prompts, max_new_tokens, sampling, generators, uncond_prompts, decode_step, anchors))
     out = torch.stack(steps, 1) if steps else torch.empty(len(prompts), 0, dtype=torch.long)
     results = []
     for row in out:
@@ -352,7 +396,7 @@ def most_likely(scores, weakest=3):
 
 @torch.no_grad()
 def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voices=None, frames_per_byte=2.5,
-               on_token=None, decode_step=None, strict=True):
+               on_token=None, decode_step=None, strict=True, join=None):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
 
@@ -365,42 +409,64 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     speaks every sentence as its own chunk, anchored where the sentence starts. sampling.best_of: sample each chunk
     that many times in one batch and keep the one the model finds most likely (most_likely). sampling.max_seconds
     caps each chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
-    on_token: streaming (one text only): called with each audio id as soon as it is sampled.
+    on_token: streaming: on_token(i, id) is called with each audio id of text i as soon as it is sampled, and
+    on_token(i, None) once text i is finished (at its last chunk's end-of-audio, while its batch mates go on); an
+    on_token that returns False drops text i (its later chunks are not spoken; a batch whose rows have all ended or
+    been dropped stops at once). Chunks are not sampled again (what was handed on is said), and best_of must be 1.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
+    seed: each text draws from its own random stream, seeded seed + i for text i (or seed[i], given a list of one
+    per text), through all its chunks, retries and best_of samples (draw_races): a text comes out the same whatever
+    the texts beside it, so text i here is what synthesize([text], seed=seed + i) gives.
+    join: None, or join(n) -> a list of at most n (text, voice, seed) to add to the batch between two rounds of
+    chunks (serve.py's waiting requests); they are numbered on from len(texts), in order, for on_token.
     strict: a chunk that ends without speech, or far sooner than the speech before it (missing_speech), is sampled
     again, and after RETRIES more tries raises SpeechMissing instead of coming back short; strict=False keeps it
     as it came (eval.py scores short outputs as the errors they are).
     """
     best_of = sampling.best_of
-    if on_token is not None and (len(texts) != 1 or best_of != 1):
-        raise ValueError("streaming speaks one text, one sample of it (not with --best_of)")
+    if on_token is not None and best_of != 1:
+        raise ValueError("streaming speaks one sample of each text (not with --best_of)")
     block = model.config.block_size
     device = model.wte.weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    if decode_step is not None:  # a compiled step samples from the global random state (see stream)
-        torch.manual_seed(seed)
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(texts))]
+    if len(seeds) != len(texts):
+        raise ValueError(f"{len(seeds)} seeds for {len(texts)} texts: give one per text, or one for all")
     empty = np.zeros(0, dtype=np.int64)
-    voices = [(v[0], np.asarray(v[1], dtype=np.int64)) if v else (b"", empty) for v in voices or [None] * len(texts)]
-    spoken = [[v] if len(v[1]) else [] for v in voices]  # per text: the voice prompt, then each chunk spoken
     # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
     # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may
     # take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
     pack = not model.config.anchor_continuations
     max_chunk = int((block - 2) / ((2 if pack else 1.5) * (1 + frames_per_byte)))
-    for text, audio in voices:
-        max_chunk = min(max_chunk, int((block - 2 - len(text) - len(audio)) / (1 + frames_per_byte)))
-    if max_chunk < 8:
-        raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
-                         f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
-    chunks = []
-    for text, (voice_text, voice_audio) in zip(texts, voices):
-        fits = 2 + len(voice_text) + len(voice_audio) + (1 + frames_per_byte) * len(text) <= block
+    chunks, spoken, outputs = [], [], []  # per text: its chunks; its voice prompt, then each chunk spoken; its audio
+    generators = []  # per text: its own random stream
+    dropped = set()  # texts whose on_token returned False
+
+    def add(text, voice, seed):
+        """A text to speak, with its voice (None or (text, ids)) and seed; cut (and sampled) the same whatever its
+        batch mates are."""
+        voice = (voice[0], np.asarray(voice[1], dtype=np.int64)) if voice else (b"", empty)
+        most = min(max_chunk, int((block - 2 - len(voice[0]) - len(voice[1])) / (1 + frames_per_byte)))
+        if most < 8:
+            raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
+                             f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
+        fits = 2 + len(voice[0]) + len(voice[1]) + (1 + frames_per_byte) * len(text) <= block
         whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
-        chunks.append([text] if whole else split_text(text, max_chunk, pack))  # a text that fits is not split
-    def speak(active, k):
-        """Chunk k of each text in active, in one batch: {text: (audio ids, its anchor, the most it could say)}."""
+        chunks.append([text] if whole else split_text(text, most, pack))  # a text that fits is not split
+        spoken.append([voice] if len(voice[1]) else [])
+        outputs.append([])
+        generators.append(torch.Generator(device=device).manual_seed(seed))
+        return len(chunks) - 1
+
+    for text, voice, s in zip(texts, voices or [None] * len(texts), seeds):
+        add(text, voice, s)
+
+    def speak(active):
+        """The next chunk of each text in active, in one batch: {text: (audio ids, its anchor, the most it could
+        say)}."""
         prompts, unconds, anchors = [], [], []
+        at = {i: len(outputs[i]) for i in active}  # which chunk of each text
         for i in active:
+            k = at[i]
             # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
             # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a
             # voice prompt does
@@ -415,18 +481,32 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
         max_new = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - longest)
         if max_new < 1:
             raise ValueError(f"text does not fit this model's block_size {block}")
-        args = dict(generator=generator, uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
+        args = dict(generators=[generators[i] for i in active for _ in range(best_of)],
+                    uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
                     decode_step=decode_step, anchors=anchors)
         if on_token is None:
             audio = generate(model, prompts, max_new, sampling, **args)
-        else:  # streaming one text: hand each token on as soon as it is sampled
-            steps = []
+        else:  # streaming: hand each row's tokens on as soon as they are sampled, and each text's end at its own
+            steps, live = [[] for _ in active], set(range(len(active)))
+            last = {j for j, i in enumerate(active) if at[i] == len(chunks[i]) - 1}  # rows whose text ends here
             for token in stream(model, prompts, max_new, sampling, **args):
-                if int(token[0]) == EOA:
+                for j, t in enumerate(token.tolist()):
+                    if j not in live:
+                        continue
+                    if t == EOA:
+                        live.discard(j)
+                        if j in last:
+                            on_token(active[j], None)
+                    else:
+                        steps[j].append(t)
+                        if on_token(active[j], t) is False:
+                            live.discard(j)
+                            dropped.add(active[j])
+                if not live:
                     break
-                steps.append(int(token[0]))
-                on_token(steps[-1])
-            audio = [torch.tensor(steps, dtype=torch.long)]
+            for j in live & last:  # ran to max_new without an end-of-audio
+                on_token(active[j], None)
+            audio = [torch.tensor(s, dtype=torch.long) for s in steps]
         if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
             # a sample scores its end too (a run-on, a missing one), where the row has room for it
             ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
@@ -438,23 +518,33 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
             # wrong against the first alone (docs/results.md)
             rows = [j for j, a in enumerate(anchors) if a is not None]
             no_audio = torch.zeros(0, dtype=torch.long)
-            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][k]), no_audio) for j in rows]
+            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][at[active[j // best_of]]]),
+                                 no_audio) for j in rows]
             for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
                 scores[j].append(s)
             audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
         return {i: (a.cpu().numpy(), anchor, max_new) for i, a, anchor in zip(active, audio, anchors[::best_of])}
 
-    outputs = [[] for _ in texts]
+    def unsaid(group):
+        return [i for i in group if len(outputs[i]) < len(chunks[i]) and i not in dropped]
+
     order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
-        for k in range(max(len(chunks[i]) for i in group)):
-            todo = [i for i in group if k < len(chunks[i])]
+        while True:  # one round: the next chunk of each text of the group that has one left, in one batch
+            todo = unsaid(group)
+            if join:  # texts that came meanwhile take the free rows, from this round on
+                joined = [add(*request) for request in join(batch_size - len(todo))]
+                group, todo = group + joined, todo + joined
+            if not todo:
+                break
             # a chunk that comes back without its speech is sampled again (a slip), up to RETRIES times, then said
             for attempt in range(1 + (RETRIES if strict and on_token is None else 0)):
-                said, todo = speak(todo, k), []
+                said, todo = speak(todo), []
                 for i, (a, anchor, max_new) in said.items():
-                    problem = strict and len(a) < max_new and missing_speech(model, a, chunks[i], k, spoken[i], i)
+                    k = len(outputs[i])
+                    problem = (strict and i not in dropped and len(a) < max_new
+                               and missing_speech(model, a, chunks[i], k, spoken[i], i))
                     if problem and attempt < RETRIES and on_token is None:
                         todo.append(i)
                         continue

@@ -8,7 +8,9 @@ Sample speech from a trained Dirt model.
 Writes samples/000.npy, 001.npy, ... (Stable Codec ids, 25 per second) and, for a model trained on the synthetic
 corpus, prints what its recogniser hears; for a real-speech model also 000.wav, ... through the codec. How to sample
 (--temperature, --top_p, --best_of, ...: generate.Sampling) is set the same way in eval.py and bench.py;
-`python sample.py --help` lists every setting. The checkpoint is loaded with weights_only=True: no code in it runs.
+`python sample.py --help` lists every setting. Each text samples from its own random stream, line i of --text_file
+seeded --seed + i, so it comes out as `--text=<line i> --seed=<seed + i>` would, whatever the other lines. The
+checkpoint is loaded with weights_only=True: no code in it runs.
 """
 
 import os
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecCheckpointError, CodecUnavailable,
-                   StreamingDecoder, load_audio, rms_db)
+                   StreamingDecoder, load_audio, pcm16, rms_db)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step, synthesize
@@ -157,7 +159,9 @@ if __name__ == "__main__":
             if synthetic:  # no audio to stream: show what the recogniser hears, as it is generated
                 heard = []
 
-                def on_token(token):
+                def on_token(_, token):
+                    if token is None:
+                        return
                     heard.append(token)
                     if not first:
                         first.append(time.time())
@@ -174,13 +178,13 @@ if __name__ == "__main__":
                     if not first:
                         first.append(time.time())
                     if stream_to == "-":
-                        sink.write((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+                        sink.write(pcm16(samples))
                         sink.flush()
                     else:
                         sink.write(samples)
 
                 decoder = StreamingDecoder(codec_loader(), write)
-                on_token, finish = decoder.push, decoder.flush
+                on_token, finish = lambda _, token: token is None or decoder.push(token), decoder.flush
         t0 = time.time()
         outputs = synthesize(model, texts, sampling, seed, batch_size, [voice] * len(texts), on_token=on_token,
                              decode_step=decode_step)

@@ -9,6 +9,8 @@ comment that starts with one of these markers, which tell a reader why as well:
     # needs the codec weights   needs checkpoints/stable-codec/ (gated; see docs/real-speech.md)
     # downloads                 fetches something from the internet
     # set-up: run by hand       installs or activates the environment, or runs this test suite itself
+    # runs until stopped        a server (serve.py): tests/test_serve.py starts it and plays its clients
+    # talks to the server       a client of that server (curl, aplay): tests/test_serve.py sends the same requests
 
 A marker may go on after a colon or a space ("# on a GPU: DDP on 8 GPUs"). Every other command is run, in page
 order (later commands use what earlier ones made), in a temporary folder of symlinks to the repo's files, so data/,
@@ -34,8 +36,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md", "docs/real-speech.md"]
-SCRIPTS = ["train.py", "sample.py", "eval.py", "bench.py", "prepare.py", "export.py"]
-MARKERS = ("on a GPU", "needs the codec weights", "downloads", "set-up: run by hand")
+SCRIPTS = ["train.py", "sample.py", "eval.py", "bench.py", "prepare.py", "export.py", "serve.py"]
+MARKERS = ("on a GPU", "needs the codec weights", "downloads", "set-up: run by hand", "runs until stopped",
+           "talks to the server")
 # appended to each command of a script; tiny shapes where a command would time a 112M model on a CPU
 SHORTEN = {
     "prepare.py": ["--n_train=300", "--n_val=20"],  # synthetic only (others need the codec: marked)
@@ -43,6 +46,7 @@ SHORTEN = {
     "eval.py": ["--n=4", "--long_n=1", "--max_seconds=2"],  # max_seconds: a barely trained model rarely stops
     "sample.py": ["--max_seconds=2"],
     "export.py": [],
+    "serve.py": [],  # its commands serve until stopped: marked, and run by tests/test_serve.py instead
     "bench.py": ["--runs=1", "--warmup=0", "--prompt_len=8", "--new_tokens=8", "--threads=1", "--bandwidth_mb=32",
                  "--n_layer=1", "--n_head=2", "--n_kv_head=2", "--n_embd=64", "--block_size=64"],
 }

@@ -157,6 +157,63 @@ def test_guidance_and_voice_prompt_run_in_one_batch(trained):
         synthesize(model, texts[:1], voices=[(b"long", np.zeros(400, dtype=np.int64))])
 
 
+def test_each_text_samples_from_its_own_seed_whatever_its_batch_mates(trained, tmp_path):
+    """Text i of a batch draws from its own stream, seeded seed + i, through its chunks and its best_of samples (cfg
+    draws nothing more): sampled beside others it says what it says alone with that seed."""
+    work, out_dir = trained
+    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    voice = (b"Tell me now.", np.arange(15) * 11)
+    texts = [b"Call me tomorrow.", b"We met at the old station. It was late. Nobody else was there.", b"Go."]
+    for sampling in [Sampling(max_seconds=2, temperature=1.0, top_p=0.9), Sampling(max_seconds=2, best_of=2),
+                     Sampling(max_seconds=2, temperature=1.0, cfg_scale=1.5)]:
+        together = synthesize(model, texts, sampling, seed=11, voices=[voice, None, voice], strict=False)
+        for i, text in enumerate(texts):
+            alone = synthesize(model, [text], sampling, seed=11 + i, voices=[[voice, None, voice][i]], strict=False)
+            assert len(alone[0]) > 0 and np.array_equal(together[i], alone[0]), (sampling, i)
+        again = synthesize(model, texts[::-1], sampling, seed=[13, 12, 11], voices=[voice, None, voice], strict=False)
+        assert all(np.array_equal(a, b) for a, b in zip(together, again[::-1]))  # a seed per text, any order
+    assert not np.array_equal(*synthesize(model, texts[:1] * 2, Sampling(max_seconds=2, temperature=1.0)))
+    # sample.py: the texts of a --text_file get --seed, --seed + 1, ...
+    (tmp_path / "two.txt").write_text("Call me tomorrow.\nSit down here.\n")
+    for name, args in [("both", ["--text_file=two.txt", "--seed=21"]), ("first", ["--text=Call me tomorrow.",
+                       "--seed=21"]), ("second", ["--text=Sit down here.", "--seed=22"])]:
+        run("sample.py", f"--out_dir={out_dir}", *args, "--temperature=1.0", "--max_seconds=2",
+            f"--output_dir={name}", cwd=tmp_path)
+    both = [np.load(tmp_path / "both" / f"00{i}.npy") for i in (0, 1)]
+    assert np.array_equal(both[0], np.load(tmp_path / "first" / "000.npy"))
+    assert np.array_equal(both[1], np.load(tmp_path / "second" / "000.npy"))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_texts_that_join_a_running_batch_and_stream_say_what_they_say_alone(trained, temperature):
+    """synthesize(join=...), as serve.py uses it: texts added between rounds of chunks, each streamed with its own end
+    and dropped when its on_token says so, come out as each does alone (greedy, or sampled with its own seed),
+    whatever the voices beside them and whenever they joined."""
+    _, out_dir = trained
+    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    greedy = Sampling(max_seconds=2, temperature=temperature)
+    voice = (b"Tell me now.", np.arange(15) * 11)
+    first = [b"We met at the old station. It was late. Nobody else was there.", b"Go."]  # 3 chunks; 1
+    later = [(b"Call me tomorrow.", voice, 5), (b"Sit down here.", None, 6), (b"Drop me.", None, 7)]  # 2, 3, 4
+    got, ended = {}, []
+
+    def on_token(i, token):
+        if token is None:
+            ended.append(i)
+        else:
+            got.setdefault(i, []).append(token)
+        return i != 4 or len(got[i]) < 3  # text 4 goes away after 3 tokens
+
+    out = synthesize(model, first, greedy, seed=[3, 4], batch_size=3, voices=[voice, None], on_token=on_token,
+                     strict=False, join=lambda n: [later.pop(0) for _ in range(min(n, len(later)))])
+    texts = [(t, v) for t, v in zip(first, [voice, None])] + [(b"Call me tomorrow.", voice), (b"Sit down here.", None)]
+    for i, (text, v) in enumerate(texts):
+        alone = synthesize(model, [text], greedy, seed=3 + i, voices=[v], strict=False)[0]
+        assert np.array_equal(out[i], alone) and got.get(i, []) == alone.tolist(), i
+    assert len(got[4]) == 3 and 4 not in ended and sorted(ended) == [0, 1, 2, 3]
+    assert len(out) == 5 and not later  # batch_size 3: 2 joined the first round, 3 and 4 the second
+
+
 def test_streaming_decoder_is_seamless():
     if importlib.util.find_spec("stable_codec") is None:
         pytest.skip("stable_codec not installed: pip install --no-deps -r requirements-codec.txt")
@@ -239,10 +296,12 @@ def test_compiled_decode_step_speaks_as_the_eager_one(trained):
     compiled = synthesize(model, texts, greedy, decode_step=step)
     for a, b in zip(eager, compiled):
         assert np.array_equal(a, b)
-    # sampling runs in the compiled step too, from the global random state that synthesize seeds
-    sampled = [synthesize(model, texts, Sampling(max_seconds=2, temperature=1.0), decode_step=step) for _ in range(2)]
-    for a, b in zip(*sampled):
-        assert len(a) > 0 and np.array_equal(a, b) and ((a >= 0) & (a < 46656)).all()
+    # sampling runs in the compiled step too, from each text's own draws (draw_races), given to the graph as input
+    sampling = Sampling(max_seconds=2, temperature=1.0)
+    sampled = [synthesize(model, texts, sampling, decode_step=step) for _ in range(2)] + [synthesize(model, texts,
+                                                                                                     sampling)]
+    for a, b, c in zip(*sampled):
+        assert len(a) > 0 and np.array_equal(a, b) and np.array_equal(a, c) and ((a >= 0) & (a < 46656)).all()
 
 
 def test_a_chunk_that_comes_back_without_its_speech_is_an_error(trained, monkeypatch):
