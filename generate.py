@@ -356,7 +356,7 @@ class SpeechMissing(ValueError):
 RETRIES = 2  # times synthesize samples a chunk again that came back without its speech, before it gives up
 
 
-def missing_speech(model, audio, chunks, k, spoken, i):
+def missing_speech(model, audio, chunks, k, spoken, i, tries=1 + RETRIES):
     """
     Why chunk k of text i (chunks: all of that text's) is missing its speech, or "" when it is not: it ended without
     speech, or with under a quarter of the frames its bytes need at the rate of the speech before it (its voice
@@ -375,10 +375,11 @@ def missing_speech(model, audio, chunks, k, spoken, i):
                "chunks, each continuing the last) need: train one that has, e.g. config/train_synthetic_prompts.py, "
                "or give texts short enough to be spoken whole")
     elif spoken:
-        fix = (f"the model stopped mid-text {1 + RETRIES} times: try --best_of=4, a lower --temperature, or another "
-               "--seed")
+        fix = (f"the model stopped mid-text{f' {tries} times' if tries > 1 else ''}: try --best_of=4, a lower "
+               "--temperature, or another --seed")
     else:
-        fix = f"the model said nothing {1 + RETRIES} times: is it trained? try another --seed or --temperature"
+        fix = (f"the model said nothing{f' {tries} times' if tries > 1 else ''}: is it trained? try another --seed or "
+               "--temperature")
     return f"{where} ended after {got}: {fix}"
 
 
@@ -412,7 +413,9 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     on_token: streaming: on_token(i, id) is called with each audio id of text i as soon as it is sampled, and
     on_token(i, None) once text i is finished (at its last chunk's end-of-audio, while its batch mates go on); an
     on_token that returns False drops text i (its later chunks are not spoken; a batch whose rows have all ended or
-    been dropped stops at once). Chunks are not sampled again (what was handed on is said), and best_of must be 1.
+    been dropped stops at once). Chunks are not sampled again (what was handed on is said), and best_of must be 1: a
+    chunk that ends without its speech (strict) is on_token(i, SpeechMissing(...)), which drops text i when on_token
+    returns True (a server fails that request alone) and is raised otherwise.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
     seed: each text draws from its own random stream, seeded seed + i for text i (or seed[i], given a list of one
     per text), through all its chunks, retries and best_of samples (draw_races): a text comes out the same whatever
@@ -495,8 +498,14 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
                         continue
                     if t == EOA:
                         live.discard(j)
-                        if j in last:
-                            on_token(active[j], None)
+                        i = active[j]
+                        problem = strict and missing_speech(model, steps[j], chunks[i], at[i], spoken[i], i, 1)
+                        if problem:  # handed on already, so not sampled again: the text fails, its batch goes on
+                            dropped.add(i)
+                            if on_token(i, SpeechMissing(problem)) is not True:
+                                raise SpeechMissing(problem)
+                        elif j in last:
+                            on_token(i, None)
                     else:
                         steps[j].append(t)
                         if on_token(active[j], t) is False:

@@ -160,7 +160,7 @@ if __name__ == "__main__":
                 heard = []
 
                 def on_token(_, token):
-                    if token is None:
+                    if type(token) is not int:  # the end, or a SpeechMissing that synthesize raises
                         return
                     heard.append(token)
                     if not first:
@@ -184,7 +184,9 @@ if __name__ == "__main__":
                         sink.write(samples)
 
                 decoder = StreamingDecoder(codec_loader(), write)
-                on_token, finish = lambda _, token: token is None or decoder.push(token), decoder.flush
+                # None: the end; a SpeechMissing (not an id) is raised by synthesize, as without --stream
+                on_token, finish = lambda _, token: token is None or type(token) is int and decoder.push(token), \
+                    decoder.flush
         t0 = time.time()
         outputs = synthesize(model, texts, sampling, seed, batch_size, [voice] * len(texts), on_token=on_token,
                              decode_step=decode_step)

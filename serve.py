@@ -35,7 +35,7 @@ from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec
                    StreamingDecoder, pcm16)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
-from generate import Sampling, synthesize
+from generate import Sampling, SpeechMissing, synthesize
 from sample import load_voice
 from synthetic import SyntheticSpeech
 
@@ -159,6 +159,10 @@ class Batcher:
                     job.finished = time.time()
                     job.send(("done", None))
                     return True
+                if isinstance(token, SpeechMissing):  # this text alone fails, with why and what to change
+                    job.finished = time.time()
+                    job.send(("error", re.sub(r"^text \d+", "the input", str(token)).replace("--", "")))
+                    return True
                 job.tokens.append(token)
                 if job.first is None:
                     job.first = time.time()
@@ -167,7 +171,7 @@ class Batcher:
                 return True
             try:
                 synthesize(self.model, [j.text for j in batch], key, [j.seed for j in batch], max_batch,
-                           [j.voice for j in batch], on_token=on_token, strict=False,
+                           [j.voice for j in batch], on_token=on_token,
                            join=join_queued if join else None)
             except Exception:  # the server's fault, not a request's: the log keeps the traceback
                 traceback.print_exc()
@@ -181,7 +185,7 @@ class Batcher:
 def error_response(status, message, param=None):
     from fastapi.responses import JSONResponse
 
-    kind = "server_busy" if status in (503, 504) else "invalid_request_error"
+    kind = "server_busy" if status in (503, 504) else "server_error" if status >= 500 else "invalid_request_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
 
 

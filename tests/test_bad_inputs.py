@@ -88,6 +88,8 @@ def cases(work, out_dir, bad):
         (("sample.py", f"--out_dir={bad}/mute", "--text=Call me tomorrow.", "--output_dir=s7"),
          "error: text 1 ended after 0 frames for 17 bytes: the model said nothing", ["s7"]),
         (("sample.py", f"--out_dir={bad}/mute", long_text, "--output_dir=s8"), "error: text 1, chunk 1 of", ["s8"]),
+        (("sample.py", f"--out_dir={bad}/mute", "--text=Call me tomorrow.", "--stream=True", "--output_dir=s9"),
+         "error: text 1 ended after 0 frames for 17 bytes: the model said nothing:", ["s9"]),
         (("eval.py", f"--out_dir={bad}/mute", "--n=2", "--long_chars=300", "--long_n=1", data),
          "error: --long_chars: text 1, chunk 1 of", []),
     ]
