@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Linear, fast_gemv, matvec
+from model import N_AUDIO, N_FINE, Linear, fast_gemv, matvec
 
 MODES = ("int8", "int4")
 GROUP = 128  # int4: inputs per scale and offset (fewer where a layer's width is not a multiple of it)
@@ -71,31 +71,41 @@ class QuantLinear(nn.Module):
             return
         group = math.gcd(w.shape[1], GROUP)
         self.group = group if group >= 32 or group == w.shape[1] else w.shape[1]  # per row, rather than tiny groups
+        if self.group % 2:
+            raise ValueError(f"int4 needs an even number of inputs per layer, not {w.shape[1]}")
         wg = wf.view(w.shape[0], -1, self.group)
         low, high = wg.amin(dim=-1), wg.amax(dim=-1)
         scale = ((high - low) / 15).clamp(min=1e-12)
-        q = ((wg - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8).view(w.shape[0], -1)
-        if q.shape[1] % 2:
-            raise ValueError(f"int4 needs an even number of inputs per layer, not {q.shape[1]}")
-        self.register_buffer("weight", q[:, ::2] << 4 | q[:, 1::2])  # [out, in / 2]
+        q = ((wg - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8)
+        # in each group, the first half of the inputs in the high nibbles, the second half in the low ones: each half
+        # then meets a contiguous half of x, which a compiled loop reads as plain vectors (interleaved nibbles read
+        # 2x slower, docs/results.md)
+        half = self.group // 2
+        self.register_buffer("weight", q[..., :half] << 4 | q[..., half:])  # [out, in / group, group / 2]
         self.register_buffer("scales", scale.to(w.dtype))  # [out, in / group]
         self.register_buffer("offsets", low.to(w.dtype))
 
     def dequantized(self, dtype):
-        """The weight [out, in] in dtype (in a compiled step, an expression inductor fuses into the product)."""
+        """The weight [out, in] in dtype (eager sampling; a compiled CPU step never makes it, see forward)."""
         if self.bits == 8:
             return self.weight.to(dtype) * self.scales.to(dtype)[:, None]
-        q = torch.stack((self.weight >> 4, self.weight & 15), dim=-1).view(self.out_features, -1, self.group)
+        q = torch.cat((self.weight >> 4, self.weight & 15), dim=-1)
         w = q.to(dtype) * self.scales.to(dtype)[..., None] + self.offsets.to(dtype)[..., None]
         return w.view(self.out_features, self.in_features)
+
+    def int4_matvec(self, x):
+        """x @ the int4 weight for a few rows, in the groups: sum_g scale_g (x_g . q_g) + offset_g sum(x_g)."""
+        xg = x.view(*x.shape[:-1], 1, -1, 2, self.group // 2)  # [..., 1, groups, the two halves, group / 2]
+        dots = (xg[..., 0, :] * (self.weight >> 4).to(x.dtype) + xg[..., 1, :] * (self.weight & 15).to(x.dtype))
+        sums = xg.sum(dim=(-2, -1))  # [..., 1, groups]
+        return (dots.sum(-1) * self.scales.to(x.dtype) + sums * self.offsets.to(x.dtype)).sum(-1)
 
     def forward(self, x):
         if self.bits == 8:  # the scale after the sum: one product per output, not one per weight
             y = matvec(x, self.weight) if fast_gemv(x) else F.linear(x, self.weight.to(x.dtype))
             y = y * self.scales.to(x.dtype)
         else:
-            w = self.dequantized(x.dtype)
-            y = matvec(x, w) if fast_gemv(x) else F.linear(x, w)
+            y = self.int4_matvec(x) if fast_gemv(x) else F.linear(x, self.dequantized(x.dtype))
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self):
@@ -115,3 +125,27 @@ def quantize_model(model, mode):
                 if isinstance(child, Linear) and (owner is not model or name in ("coarse_head", "fine_head")):
                     setattr(owner, name, QuantLinear(child, bits).to(child.weight.device))
     return model
+
+
+@torch.no_grad()
+def logits_difference(model, quantized, streams):
+    """
+    How far quantisation moves the model: the mean absolute difference of the head's logits (both stages, each at
+    the true coarse class) between model and quantized, teacher-forced over streams (1-D token tensors: prompt and
+    audio), at every audio position.
+    """
+    total, count = 0.0, 0
+    for stream in streams:
+        idx = stream[None, :-1].to(model.wte.weight.device)
+        target = stream[1:].to(idx.device)
+        keep = target < N_AUDIO
+        if not keep.any():
+            continue
+        coarse = (target // N_FINE)[keep]
+        diffs = []
+        for m in (model, quantized):
+            h = m(idx)[0][keep]
+            diffs.append(torch.cat([m.coarse_logits(h), m.fine_logits(h, coarse)], dim=-1))
+        total += float((diffs[0] - diffs[1]).abs().sum())
+        count += diffs[0].numel()
+    return total / max(1, count)
