@@ -24,7 +24,7 @@ requirement). Each row:
     step_ms         one decode step, decode_and_sample: feed a token per row, sample the next (the factored head,
                     with the sampling settings of generate.Sampling, sample.py's defaults unless given);
                     median of runs. --compile=True makes the whole step one CUDA graph on a GPU
-                    (generate.decode_compile_options: the inductor settings that shorten it)
+                    (generate.decode_compile_options: the inductor settings that shorten it, on a CPU too)
     tokens_per_s    audio tokens per second, all rows together
     rtf             seconds of audio per second of compute, all rows together (25 tokens = 1 s), as eval.py
     roofline        a decode step must read every weight once (only the embedding rows it looks up) and the KV
@@ -221,12 +221,15 @@ def hf_peer(cfg, sampling, new_tokens, device, ptdtype, sync):
     """
     The peer: Hugging Face transformers' LlamaForCausalLM at the model's dims (layers, width, heads, KV heads, SwiGLU
     width, RoPE) with a plain VOCAB_SIZE-way head, sampled by its generate() with the same settings. -> (a runner for
-    bench_sample, its bytes per step at a context), or None when transformers is not installed (a measuring tool,
-    not a requirement). Its step: (a generate of new_tokens - a generate of 1) / (new_tokens - 1).
+    bench_sample, its bytes per step at a context), or a line saying why there is none (transformers is a measuring
+    tool here, not a requirement). Its step: (a generate of new_tokens - a generate of 1) / (new_tokens - 1).
     """
     if importlib.util.find_spec("transformers") is None:
-        return None
-    from transformers import LlamaConfig, LlamaForCausalLM
+        return "transformers is not installed (pip install transformers, outside Dirt's requirements, to time it)"
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except Exception as e:  # an install that cannot import here: the row is left out, the reason said
+        return f"transformers does not import here: {(str(e).splitlines() or [type(e).__name__])[0]}"
 
     hidden = GPT(cfg).blocks[0].mlp.down.in_features if cfg.n_layer else 0
     hf = LlamaForCausalLM(LlamaConfig(
@@ -454,7 +457,7 @@ if __name__ == "__main__":
         for name, (m, s) in entries.items():
             runner[name], nbytes[name] = dirt(m, s)
         peer = hf_peer(cfg, sampling, new_tokens, device, ptdtype, sync) if compare else None
-        if peer:
+        if isinstance(peer, tuple):
             runner["hf generate"], nbytes["hf generate"] = peer
         if compile:
             print("compiling the decode steps... (the warmup run)")
@@ -480,12 +483,12 @@ if __name__ == "__main__":
             print(f"{r['name']:>16s}  {r['batch_size']:5d}  {r['prefill_ms']:10.1f}  {r['ttfa_ms']:7.1f}  "
                   f"{r['step_ms']:7.2f}  {r['tokens_per_s']:8.1f}  {r['rtf']:6.2f}  {r['bytes_per_step'] / 1e6:7.1f}  "
                   f"{r['roofline_ms']:11.2f}  {100 * r['roofline_fraction']:10.0f}%")
-        if compare and peer:
+        if isinstance(peer, tuple):
             hf = rows["hf generate"]
             print(f"{main} is {rows[main]['tokens_per_s'] / hf['tokens_per_s']:.2f}x the tokens/s of hf generate "
                   f"(transformers' LlamaForCausalLM at these dims, a plain {VOCAB_SIZE}-way head, same sampling)")
         elif compare:
-            print("no peer row: transformers is not installed (pip install transformers to time its generate here)")
+            print(f"no peer row: {peer}")
         report.update(prompt_len=prompt_len, new_tokens=new_tokens, runs=runs, bandwidth_GBps=bandwidth,
                       bandwidth_kernel=best, bandwidth_by_kernel_GBps=kernels, quantize=quantize,
                       batch_sizes=sorted({1, batch_size}), **rows[main], batch_n=row_n, rows=rows)

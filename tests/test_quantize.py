@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import decode_bytes
-from generate import Sampling, decode_and_sample, decode_one_token, generate, prefill
+from generate import Sampling, compile_decode_step, decode_compile_options, decode_one_token, generate, prefill
 from model import GPT, N_AUDIO, GPTConfig, Linear, apply_rope, make_prompt, matvec, rope_tables, text_to_tokens
 from quantize import QuantLinear, Quantization, logits_difference, quantize_model
 
@@ -91,7 +91,7 @@ def test_compiled_batch1_step_matches_eager():
     assert torch.equal(matvec(torch.ones(1, 4), torch.eye(4)[:3]), F.linear(torch.ones(1, 4), torch.eye(4)[:3]))
     for mode in ("", "int8", "int4"):
         model = quantize_model(tiny(), mode)
-        step = torch.compile(decode_one_token, dynamic=False)
+        step = torch.compile(decode_one_token, dynamic=False, options=decode_compile_options("cpu"))
         seq = streams(1, 4)[0][None]
         T = seq.shape[1]
         pos, valid = torch.arange(T)[None].float(), torch.ones(1, T, dtype=torch.bool)
@@ -104,7 +104,7 @@ def test_compiled_batch1_step_matches_eager():
         torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
         greedy = Sampling(temperature=0.0)
         prompts = [make_prompt(text_to_tokens("Hi there."))]
-        out = generate(model, prompts, 6, greedy, decode_step=torch.compile(decode_and_sample, dynamic=False))
+        out = generate(model, prompts, 6, greedy, decode_step=compile_decode_step("cpu"))
         assert torch.equal(out[0], generate(model, prompts, 6, greedy)[0])
 
 
