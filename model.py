@@ -197,12 +197,14 @@ def apply_rope(x, cos, sin):
     return (xf * cos + partner * sin).type_as(x)
 
 
-GEMV_ROWS = 8  # up to this many rows a compiled CPU step multiplies as a fused product-and-sum (see Linear)
+# how many rows a compiled CPU step multiplies as a fused product-and-sum (see Linear): inductor's loop streams the
+# weight once for one row, but re-reads it per row for more (batch 2: 2.6x slower than F.linear, batch 8: 21x)
+GEMV_ROWS = 1
 
 
 def matvec(x, weight):
     """
-    x [..., in] @ weight[out, in].T for a few rows, written as a product and a sum over `in` for torch.compile: on a
+    x [..., in] @ weight[out, in].T for a row, written as a product and a sum over `in` for torch.compile: on a
     CPU inductor turns it into one loop that streams the weight once at near the memory bandwidth, where F.linear's
     matrix-vector call reads it at about half of that (docs/results.md). weight may be int8 (quantize.py): the
     conversion happens in the same loop, so only its bytes are read.
@@ -211,7 +213,7 @@ def matvec(x, weight):
 
 
 def fast_gemv(x):
-    """Whether to use matvec: a compiled graph on a CPU, a batch-1 (or small-batch) step."""
+    """Whether to use matvec: a compiled graph on a CPU, a batch-1 step (GEMV_ROWS)."""
     return torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() // x.shape[-1] <= GEMV_ROWS
 
 

@@ -14,10 +14,11 @@ embedding tables stay: a step reads only the rows of its token. Activations, the
 model's dtype.
 
 Which kernel: whatever measures fastest on the device (docs/results.md). A compiled decode step on a CPU multiplies
-by model.matvec, a product-and-sum over the int8 (or unpacked int4) weight that inductor turns into one loop reading
-only the quantised bytes; torch's own CPU int8 kernel (aten._weight_int8pack_mm) measured ~10x slower than fp32
-there. Eager, and on a GPU, the weight is dequantised and multiplied with F.linear; compiled on CUDA, inductor fuses
-the dequantisation into the product (gpt-fast's form).
+by model.matvec, a product-and-sum over the int8 weight (int4: QuantLinear.int4_matvec, per group) that inductor
+turns into one loop reading only the quantised bytes; torch's own CPU kernels, aten._weight_int8pack_mm and
+_weight_int4pack_mm_for_cpu, measured 0.37x and 0.16x the speed of fp32 F.linear there. Eager, and on a GPU, the
+weight is dequantised and multiplied with F.linear; compiled on CUDA, inductor fuses the dequantisation into the
+product (gpt-fast's int8 form; not yet measured on a GPU here).
 """
 
 import math
