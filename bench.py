@@ -52,6 +52,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from dataclasses import asdict, fields
 
@@ -313,7 +314,7 @@ def nanogpt_step(path, cfg, batch, vocab, compile_, ptdtype, device):
     vocab-way head, stepped as its train.py does with its own configure_optimizers (AdamW). -> a step function.
     """
     spec = importlib.util.spec_from_file_location("nanogpt_model", os.path.join(path, "model.py"))
-    peer = importlib.util.module_from_spec(spec)
+    peer = sys.modules["nanogpt_model"] = importlib.util.module_from_spec(spec)  # torch.compile looks it up
     spec.loader.exec_module(peer)
     model = peer.GPT(peer.GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
                                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=False)).to(device)
