@@ -102,6 +102,8 @@ def test_compiled_batch1_step_matches_eager():
             eager, compiled = decode_one_token(model, *args), step(model, *args)
             model.clear_cache()
         torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+        if mode != "int8":  # the whole compiled step, sampling included, once (fp32's: tests/test_sample.py)
+            continue
         greedy = Sampling(temperature=0.0)
         prompts = [make_prompt(text_to_tokens("Hi there."))]
         out = generate(model, prompts, 6, greedy, decode_step=compile_decode_step("cpu"))
