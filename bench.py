@@ -218,9 +218,9 @@ def bench_sample(runners, models, batch, prompt_len, new_tokens, runs, warmup, p
     return rows
 
 
-def hf_peer(cfg, sampling, new_tokens, device, ptdtype, sync):
+def hf_peer(model, sampling, new_tokens, device, ptdtype, sync):
     """
-    The peer: Hugging Face transformers' LlamaForCausalLM at the model's dims (layers, width, heads, KV heads, SwiGLU
+    The peer: Hugging Face transformers' LlamaForCausalLM at model's dims (layers, width, heads, KV heads, SwiGLU
     width, RoPE) with a plain VOCAB_SIZE-way head, sampled by its generate() with the same settings. -> (a runner for
     bench_sample, its bytes per step at a context), or a line saying why there is none (transformers is a measuring
     tool here, not a requirement). Its step: (a generate of new_tokens - a generate of 1) / (new_tokens - 1).
@@ -232,7 +232,8 @@ def hf_peer(cfg, sampling, new_tokens, device, ptdtype, sync):
     except Exception as e:  # an install that cannot import here: the row is left out, the reason said
         return f"transformers does not import here: {(str(e).splitlines() or [type(e).__name__])[0]}"
 
-    hidden = GPT(cfg).blocks[0].mlp.down.in_features if cfg.n_layer else 0
+    cfg = model.config
+    hidden = model.blocks[0].mlp.gate_up.out_features // 2 if cfg.n_layer else 0
     hf = LlamaForCausalLM(LlamaConfig(
         vocab_size=VOCAB_SIZE, hidden_size=cfg.n_embd, intermediate_size=hidden, num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, max_position_embeddings=cfg.block_size,
@@ -457,7 +458,7 @@ if __name__ == "__main__":
         runner, nbytes = {}, {}
         for name, (m, s) in entries.items():
             runner[name], nbytes[name] = dirt(m, s)
-        peer = hf_peer(cfg, sampling, new_tokens, device, ptdtype, sync) if compare else None
+        peer = hf_peer(model, sampling, new_tokens, device, ptdtype, sync) if compare else None
         if isinstance(peer, tuple):
             runner["hf generate"], nbytes["hf generate"] = peer
         if compile:
