@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from bench import decode_bytes
 from generate import Sampling, compile_decode_step, decode_compile_options, decode_one_token, generate, prefill
-from model import GPT, N_AUDIO, GPTConfig, Linear, apply_rope, make_prompt, matvec, rope_tables, text_to_tokens
+from model import GPT, N_AUDIO, GPTConfig, Linear, RMSNorm, apply_rope, make_prompt, matvec, rope_tables
+from model import text_to_tokens
 from quantize import QuantLinear, Quantization, logits_difference, quantize_model
 
 
@@ -39,6 +40,23 @@ def test_rope_is_the_pairwise_rotation_bit_for_bit():
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # the rotation as it was written before: split, rotate, stack
     expected = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     assert torch.equal(apply_rope(x, *rope_tables(pos, inv_freq)), expected)
+
+
+def test_rmsnorm_has_nn_rmsnorms_outputs_and_gradients():
+    torch.manual_seed(0)
+    ours, theirs = RMSNorm(16), torch.nn.RMSNorm(16)
+    with torch.no_grad():
+        ours.weight.normal_()
+        theirs.weight.copy_(ours.weight)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    g = torch.randn(3, 5, 16)
+    grads = []
+    for norm in (ours, theirs):
+        y = norm(x)
+        grads.append((y,) + torch.autograd.grad(y, (x, norm.weight), g))
+    assert torch.equal(grads[0][0], grads[1][0])  # the same forward bits: greedy tokens and losses stay
+    for a, b in zip(grads[0][1:], grads[1][1:]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode,tolerance", [("int8", 0.02), ("int4", 0.25)])
