@@ -476,11 +476,11 @@ if __name__ == "__main__":
         bandwidth = kernels[best]
         rows = {k: roofline(r, nbytes[k], prompt_len, new_tokens, bandwidth) for k, r in rows.items()}
         row_n = roofline(row_n, nbytes[main], prompt_len, new_tokens, bandwidth) if batch_size > 1 else rows[main]
-        print(f"memory bandwidth {bandwidth:.1f} GB/s, the {best} kernel's, the fastest matrix-vector product (medians, "
-              "probed between runs: " +
+        print(f"memory bandwidth {bandwidth:.1f} GB/s, the {best} kernel's, the fastest matrix-vector product "
+              "(medians, probed between runs: " +
               ", ".join(f"{k} {v:.1f}" for k, v in kernels.items()) + ")")
         print(f"prompt {prompt_len} tokens, {new_tokens} new tokens per run, medians of {runs} interleaved runs")
-        print("                  batch  prefill ms  ttfa ms  step ms  tokens/s     rtf  MB/step  roofline ms  of roofline")
+        print(f"{'':16s}  batch  prefill ms  ttfa ms  step ms  tokens/s     rtf  MB/step  roofline ms  of roofline")
         for r in [*rows.values()] + ([row_n] if batch_size > 1 else []):
             print(f"{r['name']:>16s}  {r['batch_size']:5d}  {r['prefill_ms']:10.1f}  {r['ttfa_ms']:7.1f}  "
                   f"{r['step_ms']:7.2f}  {r['tokens_per_s']:8.1f}  {r['rtf']:6.2f}  {r['bytes_per_step'] / 1e6:7.1f}  "
@@ -508,11 +508,13 @@ if __name__ == "__main__":
         r = bench_train(model, batch_size, cfg.block_size, min(prompt_len, cfg.block_size // 4), runs, warmup,
                         compile, ptdtype, device, sync, peak_flops, peers)
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"batch {batch_size} x {cfg.block_size} tokens, medians of {runs} steps" + (" (interleaved)" * bool(peers)))
+        print(f"batch {batch_size} x {cfg.block_size} tokens, medians of {runs} steps"
+              + (" (interleaved)" if peers else ""))
         print(f"step {r['step_ms']:.0f} ms, {r['tokens_per_s']:,.0f} tokens/s, MFU {mfu} "
               f"(peak {peak_flops / 1e12:.3f} TFLOP/s, {peak_source}), peak memory {r['peak_memory_MB']:,.0f} MB")
         for name, p in r["peers"].items():
+            ratio = r["tokens_per_s"] / p["tokens_per_s"]
             print(f"{name} (vocab {nanogpt_vocab}, same trunk dims): step {p['step_ms']:.0f} ms, "
-                  f"{p['tokens_per_s']:,.0f} tokens/s; Dirt is {r['tokens_per_s'] / p['tokens_per_s']:.2f}x its tokens/s")
+                  f"{p['tokens_per_s']:,.0f} tokens/s; Dirt is {ratio:.2f}x its tokens/s")
         report.update(runs=runs, peak_flops_source=peak_source, **r)
     print(json.dumps(report))

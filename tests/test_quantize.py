@@ -1,5 +1,6 @@
-"""quantize.py and the lean trunk: int8 / int4 weights give logits close to fp32 in eager and compiled decode steps,
-the cached decode equals the full forward, the compiled product-and-sum equals F.linear, RoPE and RMSNorm give the same bits."""
+"""quantize.py and the lean trunk: int8 / int4 weights give logits close to fp32 in eager and compiled decode
+steps, the cached decode equals the full forward, the compiled product-and-sum equals F.linear, RoPE and RMSNorm
+give the same bits."""
 
 import copy
 
