@@ -63,7 +63,7 @@ from common import DTYPES, check_device, default_device, default_dtype, fail, gp
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step, decode_and_sample, prefill, sample_audio_token
 from model import EOA, GPT, N_AUDIO, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, matvec
-from optim import configure_optimizers
+from optim import adamw, configure_optimizers
 from quantize import MODES, QuantLinear, Quantization, quantize_model
 
 
@@ -312,7 +312,8 @@ def nanogpt_step(path, cfg, batch, vocab, compile_, ptdtype, device):
     """
     The peer: nanoGPT's model.py from a checkout at path (https://github.com/karpathy/nanoGPT; not part of Dirt) at
     the same trunk dims (layers, heads, width, block_size; no biases, no dropout, as its train.py defaults) with a
-    vocab-way head, stepped as its train.py does with its own configure_optimizers (AdamW). -> a step function.
+    vocab-way head, stepped as its train.py does (its configure_optimizers' groups), by the same AdamW as Dirt's.
+    -> a step function.
     """
     spec = importlib.util.spec_from_file_location("nanogpt_model", os.path.join(path, "model.py"))
     peer = sys.modules["nanogpt_model"] = importlib.util.module_from_spec(spec)  # torch.compile looks it up
@@ -320,7 +321,10 @@ def nanogpt_step(path, cfg, batch, vocab, compile_, ptdtype, device):
     model = peer.GPT(peer.GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
                                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=False)).to(device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
+    # its parameter groups (matrices decay, the rest not, as Dirt's), stepped by the same AdamW as Dirt's: nanoGPT
+    # fuses it only on CUDA, so on a CPU its own would be torch's per-tensor loop, a different implementation
+    groups = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type).param_groups
+    optimizer = adamw([{k: g[k] for k in ("params", "weight_decay")} for g in groups], 1e-4, (0.9, 0.95), device_type)
     x = torch.randint(vocab, (batch, cfg.block_size), device=device)
     y = torch.randint(vocab, (batch, cfg.block_size), device=device)
     return optimizer_step(model, lambda: model(x, y)[1], [optimizer], compile_, ptdtype, device)

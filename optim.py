@@ -26,12 +26,17 @@ def configure_optimizers(model, weight_decay, learning_rate, betas, device_type,
     rest = [p for n, p in named if optimizer != "muon" or not (n.startswith("blocks.") and p.dim() == 2)]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))]
+    optimizers = [adamw(groups, learning_rate, betas, device_type)]
     if hidden:
         optimizers.append(Muon(hidden, lr=learning_rate, weight_decay=weight_decay))
     if device_type == "cpu" and model.wte.weight.requires_grad and not (dist.is_available() and dist.is_initialized()):
         reuse_table_grad(model.wte)
     return optimizers
+
+
+def adamw(groups, learning_rate, betas, device_type):
+    """torch's AdamW as Dirt steps it (bench.py gives its nanoGPT row the same): the fused kernel on CUDA and CPU."""
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
 
 def reuse_table_grad(table):
