@@ -190,10 +190,16 @@ def apply_rope(x, cos, sin):
     x [B, T, H, D]; cos, sin from rope_tables (one position per row and step, so rows may sit at different offsets).
     out[2i] = x[2i] cos - x[2i+1] sin, out[2i+1] = x[2i+1] cos + x[2i] sin: the same products and sums, bit for bit,
     as splitting the pairs and stacking them back, with one copy (the partners swapped) instead of four half-width
-    products, two sums and a stack per call.
+    products, two sums and a stack per call. Compiled, the partners are the neighbours on either side (the same
+    values): inductor vectorizes those two shifted loads, where the swap's index made the whole loop scalar (with
+    the cos table recomputed in it, the backward's largest kernel: ~8 ms of a 4 x 256 training step, docs/results.md).
     """
     xf = x.float()
-    partner = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    if torch.compiler.is_compiling():
+        even = torch.arange(xf.shape[-1], device=x.device) % 2 == 0
+        partner = torch.where(even, F.pad(xf[..., 1:], (0, 1)), F.pad(xf[..., :-1], (1, 0)))
+    else:
+        partner = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return (xf * cos + partner * sin).type_as(x)
 
 
@@ -254,6 +260,12 @@ class RMSNorm(nn.RMSNorm):
                 or self.weight is None or self.weight.dtype != torch.float32):
             return super().forward(x)  # inductor fuses the composite (and its backward) by itself
         return RMSNormFunction.apply(x, self.weight, torch.finfo(x.dtype).eps if self.eps is None else self.eps)
+
+
+@torch.compiler.disable
+def eager_lookup(table, idx):
+    """table(idx), run eagerly even inside a compiled forward (a graph break)."""
+    return table(idx)
 
 
 class KVCache(nn.Module):
@@ -394,7 +406,9 @@ class GPT(nn.Module):
 
     def embed(self, idx):
         """Token vectors; an audio id's also gets its digit embeddings (and, tied, its output rows for its own)."""
-        x = self.wte(idx)
+        # a table giving sparse gradients (optim.reuse_table_grad) is looked up outside a compiled graph: inductor's
+        # passes do not all handle sparse tensors
+        x = eager_lookup(self.wte, idx) if self.wte.sparse else self.wte(idx)
         audio = (idx < N_AUDIO)[..., None]
         a = idx.clamp(max=N_AUDIO - 1)
         if self.config.tie_weights:
