@@ -3,6 +3,7 @@ Evaluate a trained Dirt model, or the speech pipeline around it, by scoring what
 
     python eval.py --out_dir=out-synthetic                            # a model trained on the synthetic corpus
     python eval.py --out_dir=out-synthetic --n=200 --temperature=0.8
+    python eval.py --out_dir=out-synthetic --n=20 --quantize=int8     # int8 weights (quantize.py): CER, logits' drift
     python eval.py --mode=reference                                   # Whisper on 40 real recordings: the ceiling
     python eval.py --mode=reference --test_list=test.jsonl --asr_model=small.en  # downloads: Whisper small.en
     python eval.py --mode=roundtrip --test_list=test.txt   # needs the codec weights: what the codec alone costs
@@ -43,6 +44,7 @@ wer, cer, the other metrics that were computed, and not_computed: {metric: reaso
 (The synthetic mode's JSON has the keys listed above, plus n, the sampling settings, iter_num and data_dir.)
 """
 
+import copy
 import json
 import os
 import sys
@@ -52,12 +54,15 @@ from dataclasses import asdict
 
 import jiwer
 import numpy as np
+import torch
 
 import speech_metrics as sm
 from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable, load_audio
 from common import atomic_write, check_device, default_device, fail, skip_line, skip_summary
 from data import CheckpointError, Shards, load_model
 from generate import Sampling, SpeechMissing, synthesize
+from model import make_prompt, text_to_tokens
+from quantize import Quantization, logits_difference, quantize_model
 from synthetic import SyntheticSpeech
 
 # -----------------------------------------------------------------------------
@@ -70,6 +75,7 @@ data_dir = ""  # synthetic mode: default the dataset the model was trained on
 n = 0  # utterances to score; 0 = the mode's default
 batch_size = 32
 globals().update(Sampling.defaults())  # temperature, top_k, top_p, cfg_scale, best_of, max_seconds: as sample.py
+globals().update(Quantization.defaults())  # quantize: int8 / int4 weights, as sample.py
 prompted = False  # synthetic: continue another utterance of the same speaker (a voice prompt); adds speaker_acc
 long_chars = 0  # synthetic: also score texts of up to this many characters (chunked by sample.py); 0 = off
 long_n = 8  # how many such texts
@@ -168,6 +174,9 @@ def evaluate_synthetic(model, checkpoint):
                       long_one_voice=round(float(np.mean([one_voice(o) for o in long_out])), 4))
     if continued:
         result.update(continued_score(model, val))
+    if quantize:  # how far the int8 / int4 weights move the logits: the scored texts' true audio, teacher-forced
+        streams = [make_prompt(text_to_tokens(text), torch.from_numpy(audio)) for text, audio, _ in references]
+        result.update(quantize=quantize, logits_mad=round(logits_difference(full_model, model, streams), 5))
     result.update(**asdict(sampling), iter_num=checkpoint["iter_num"], data_dir=data_dir)  # which corpus's val
     return result
 
@@ -386,6 +395,7 @@ if mos not in ("p808", "full", "off"):
     fail(f"--mos={mos}: use p808, full or off")
 try:
     sampling = Sampling.from_settings(globals())
+    quantize = Quantization.from_settings(globals()).quantize
     check_device(device)
 except ValueError as e:
     fail(str(e))
@@ -396,12 +406,14 @@ if mode in ("", "synthetic", "model"):
         model, checkpoint = load_model(ckpt or out_dir, device)
     except CheckpointError as e:
         fail(str(e))
+    full_model, model = model, quantize_model(copy.deepcopy(model), quantize) if quantize else model
     mode = mode or ("synthetic" if checkpoint.get("config", {}).get("dataset", "synthetic") == "synthetic"
                     else "model")
 if mode == "synthetic":
     scores = evaluate_synthetic(model, checkpoint)
-    # beside the model, where export.py's model card finds it: its own val only, not another corpus it was asked about
-    if not ckpt and "data_dir" not in _overridden and os.path.isdir(out_dir):  # noqa: F821 (configurator.py's)
+    # beside the model, where export.py's model card finds it: its own val only, not another corpus it was asked
+    # about, and its own weights, not a quantised copy of them
+    if not ckpt and not quantize and "data_dir" not in _overridden and os.path.isdir(out_dir):  # noqa: F821
         atomic_write(os.path.join(out_dir, "eval_synthetic.json"), lambda f: f.write(json.dumps(scores).encode()))
     print(json.dumps(scores))
     sys.exit(0)

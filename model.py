@@ -174,12 +174,98 @@ def packed_layout(idx, doc, rate, aligned=False, anchor=None):
     return pos, mask[:, None], starts
 
 
+def rope_tables(pos, inv_freq):
+    """
+    cos, sin [B, T, 1, D] for apply_rope, once per forward (not per layer): pos [B, T], inv_freq [D/2]. RoPE rotates
+    the pairs (x[2i], x[2i+1]) by pos * inv_freq[i]; both tables repeat each angle for the two members of its pair,
+    and sin carries the sign of each member's partner term, so the rotation is two full-width products and a sum.
+    """
+    angles = pos.float()[..., None] * inv_freq
+    cos, sin = angles.cos().repeat_interleave(2, dim=-1), angles.sin()
+    return cos[:, :, None], torch.stack((-sin, sin), dim=-1).flatten(-2)[:, :, None]
+
+
 def apply_rope(x, cos, sin):
-    """x [B, T, H, D]; cos/sin [B, T, D/2] (one position per row and step, so rows may sit at different offsets)."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
+    """
+    x [B, T, H, D]; cos, sin from rope_tables (one position per row and step, so rows may sit at different offsets).
+    out[2i] = x[2i] cos - x[2i+1] sin, out[2i+1] = x[2i+1] cos + x[2i] sin: the same products and sums, bit for bit,
+    as splitting the pairs and stacking them back, with one copy (the partners swapped) instead of four half-width
+    products, two sums and a stack per call. Compiled, the partners are the neighbours on either side (the same
+    values): inductor vectorizes those two shifted loads, where the swap's index made the whole loop scalar (with
+    the cos table recomputed in it, the backward's largest kernel: ~8 ms of a 4 x 256 training step, docs/results.md).
+    """
+    xf = x.float()
+    if torch.compiler.is_compiling():
+        even = torch.arange(xf.shape[-1], device=x.device) % 2 == 0
+        partner = torch.where(even, F.pad(xf[..., 1:], (0, 1)), F.pad(xf[..., :-1], (1, 0)))
+    else:
+        partner = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos + partner * sin).type_as(x)
+
+
+# how many rows a compiled CPU step multiplies as a fused product-and-sum (see Linear): inductor's loop streams the
+# weight once for one row, but re-reads it per row for more (batch 2: 2.6x slower than F.linear, batch 8: 21x)
+GEMV_ROWS = 1
+
+
+def matvec(x, weight):
+    """
+    x [..., in] @ weight[out, in].T for a row, written as a product and a sum over `in` for torch.compile: on a
+    CPU inductor turns it into one loop that streams the weight once at near the memory bandwidth, where F.linear's
+    matrix-vector call reads it at about half of that (docs/results.md). weight may be int8 (quantize.py): the
+    conversion happens in the same loop, so only its bytes are read.
+    """
+    return (x.unsqueeze(-2) * weight.to(x.dtype)).sum(-1)
+
+
+def fast_gemv(x):
+    """Whether to use matvec: a compiled graph on a CPU, a batch-1 step (GEMV_ROWS)."""
+    return torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() // x.shape[-1] <= GEMV_ROWS
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict), whose decode step compiled on a CPU uses matvec."""
+
+    def forward(self, x):
+        if not fast_gemv(x):
+            return F.linear(x, self.weight, self.bias)
+        y = matvec(x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """nn.RMSNorm's forward, the same ops in the same order (the same bits), with a backward written out: on a CPU in
+    eager training, autograd's backward of the composite forward is ~12 full-size elementwise ops, this one 6."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        xr = x * r
+        ctx.save_for_backward(xr, r, weight)
+        return xr * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        xr, r, weight = ctx.saved_tensors
+        gw = grad * weight
+        dx = (gw - xr * (gw * xr).mean(-1, keepdim=True)) * r
+        return dx, (grad * xr).flatten(0, -2).sum(0), None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameters and outputs) whose eager fp32 training backward is RMSNormFunction's."""
+
+    def forward(self, x):
+        if (torch.compiler.is_compiling() or not torch.is_grad_enabled() or x.dtype != torch.float32
+                or self.weight is None or self.weight.dtype != torch.float32):
+            return super().forward(x)  # inductor fuses the composite (and its backward) by itself
+        return RMSNormFunction.apply(x, self.weight, torch.finfo(x.dtype).eps if self.eps is None else self.eps)
+
+
+@torch.compiler.disable
+def eager_lookup(table, idx):
+    """table(idx), run eagerly even inside a compiled forward (a graph break)."""
+    return table(idx)
 
 
 class KVCache(nn.Module):
@@ -202,10 +288,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head
         self.head_dim = cfg.n_embd // cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.dropout = cfg.dropout
         self.kv_cache = None
 
@@ -252,8 +338,8 @@ class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         hidden = int(math.ceil(cfg.mlp_ratio * cfg.n_embd / 64) * 64)
-        self.gate_up = nn.Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)
-        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.gate_up = Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)
+        self.down = Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -264,9 +350,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.n_embd)
+        self.attn_norm = RMSNorm(cfg.n_embd)
         self.attn = Attention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.n_embd)
+        self.mlp_norm = RMSNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -282,15 +368,15 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(VOCAB_SIZE, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(cfg.n_embd)
-        self.coarse_head = nn.Linear(cfg.n_embd, N_COARSE + 1, bias=False)  # + EOA
+        self.norm = RMSNorm(cfg.n_embd)
+        self.coarse_head = Linear(cfg.n_embd, N_COARSE + 1, bias=False)  # + EOA
         # FSQ-structured embeddings of an id's high and low digits: added to an audio token's own input vector (rare
         # ids then share what their digits have in common), and the high digits tell the fine head which coarse
         # class was chosen
         self.coarse_embed = nn.Embedding(N_COARSE, cfg.n_embd)
         self.fine_embed = nn.Embedding(N_FINE, cfg.n_embd)
-        self.fine_norm = nn.RMSNorm(cfg.n_embd)
-        self.fine_head = nn.Linear(cfg.n_embd, N_FINE, bias=False)
+        self.fine_norm = RMSNorm(cfg.n_embd)
+        self.fine_head = Linear(cfg.n_embd, N_FINE, bias=False)
         self.border = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.mark_borders else None
         head_dim = cfg.n_embd // cfg.n_head
         inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -320,7 +406,9 @@ class GPT(nn.Module):
 
     def embed(self, idx):
         """Token vectors; an audio id's also gets its digit embeddings (and, tied, its output rows for its own)."""
-        x = self.wte(idx)
+        # a table giving sparse gradients (optim.reuse_table_grad) is looked up outside a compiled graph: inductor's
+        # passes do not all handle sparse tensors
+        x = eager_lookup(self.wte, idx) if self.wte.sparse else self.wte(idx)
         audio = (idx < N_AUDIO)[..., None]
         a = idx.clamp(max=N_AUDIO - 1)
         if self.config.tie_weights:
@@ -361,8 +449,7 @@ class GPT(nn.Module):
                 anchor_at, anchor_byte = anchor_offsets(anchor, offset, torch.zeros_like(offset), 1, T)
             pos = stream_positions(offset, soa_at, self.config.audio_pos_rate, self.config.align_audio_pos,
                                    anchor_at, anchor_byte)
-        angles = pos.float()[..., None] * self.rope_inv_freq
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = rope_tables(pos, self.rope_inv_freq)
         x = self.embed(idx)
         if self.border is not None and anchor is not None:
             x = x + (anchor >= 0)[..., None] * self.border.to(x.dtype)

@@ -6,6 +6,7 @@ for the rest, as in the modded-nanoGPT speedruns. Kept out of model.py, which is
 import math
 
 import torch
+import torch.distributed as dist
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -25,10 +26,49 @@ def configure_optimizers(model, weight_decay, learning_rate, betas, device_type,
     rest = [p for n, p in named if optimizer != "muon" or not (n.startswith("blocks.") and p.dim() == 2)]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))]
+    optimizers = [adamw(groups, learning_rate, betas, device_type)]
     if hidden:
         optimizers.append(Muon(hidden, lr=learning_rate, weight_decay=weight_decay))
+    if device_type == "cpu" and model.wte.weight.requires_grad and not (dist.is_available() and dist.is_initialized()):
+        reuse_table_grad(model.wte)
     return optimizers
+
+
+def adamw(groups, learning_rate, betas, device_type):
+    """torch's AdamW as Dirt steps it (bench.py gives its nanoGPT row the same): the fused kernel on CUDA and CPU."""
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
+
+
+def reuse_table_grad(table):
+    """
+    The input table's gradient (46976 rows, 48 MB at 256 wide) in buffers kept from step to step, on a CPU. Freshly
+    allocated each step, as autograd does, it costs ~20 ms of page faults at 4 x 256 (more than its zeroing and the
+    AdamW update of every row together; docs/results.md). The lookup then gives its rows (sparse=True) and hooks add
+    them into a zeroed buffer: the same values, bit for bit, as the dense backward, under gradient accumulation too
+    (a later micro-step's rows are summed apart and then added, as autograd sums two dense gradients). The table
+    must be looked up once per forward (two sparse gradients would be joined before the sum), and a DDP reducer
+    expects the table's gradients as they come (so not under torch.distributed).
+    """
+    weight, buffers, held = table.weight, {}, []
+
+    def dense(grad, name):  # grad's rows summed into the named buffer, zeroed first
+        buf = buffers.get(name)
+        buf = buffers.setdefault(name, torch.zeros_like(weight)) if buf is None else buf.zero_()
+        return buf.index_add_(0, grad._indices()[0], grad._values())
+
+    def before(grad):  # a later micro-step: hold the sum so far, so that autograd hands over this step's rows alone
+        if weight.grad is not None:
+            held.append(weight.grad)
+            weight.grad = None
+        return grad
+
+    def after(p):  # this step's rows, densified, are .grad (the first micro-step) or added to the held sum
+        rows = dense(p.grad, "step" if held else "grad")
+        p.grad = held.pop().add_(rows) if held else rows
+
+    table.sparse = True
+    weight.register_hook(before)
+    weight.register_post_accumulate_grad_hook(after)
 
 
 def newton_schulz(g, steps=5, eps=1e-7):

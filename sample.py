@@ -3,6 +3,7 @@ Sample speech from a trained Dirt model.
 
     python sample.py --out_dir=out-synthetic --text="Call me tomorrow."
     python sample.py --out_dir=out-synthetic --text_file=lines.txt        # one utterance per line, batched
+    python sample.py --out_dir=out-synthetic --text="Hi." --quantize=int8  # int8 weights (quantize.py): faster
     python sample.py --out_dir=out-synthetic --text="আমি বাংলায় কথা বলি।"     # any UTF-8 text: the model reads bytes
 
 Writes samples/000.npy, 001.npy, ... (Stable Codec ids, 25 per second) and, for a model trained on the synthetic
@@ -26,6 +27,7 @@ from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step, synthesize
 from model import N_AUDIO
+from quantize import Quantization, quantize_model
 from synthetic import SyntheticSpeech
 
 
@@ -95,6 +97,7 @@ if __name__ == "__main__":
     text_file = ""  # one utterance per line, sampled in batches
     output_dir = "samples"
     globals().update(Sampling.defaults())  # temperature, top_k, top_p, cfg_scale, best_of, max_seconds
+    globals().update(Quantization.defaults())  # quantize: int8 / int4 weights (quantize.py), made at load time
     prompt_audio = ""  # a recording whose voice to continue (needs the codec) ...
     prompt_tokens = ""  # ... or its Stable Codec ids (.npy)
     prompt_text = ""  # the prompt's transcript
@@ -114,6 +117,7 @@ if __name__ == "__main__":
     # -----------------------------------------------------------------------------
     try:
         sampling = Sampling.from_settings(globals())
+        quantize = Quantization.from_settings(globals()).quantize
         check_device(device, dtype)
     except ValueError as e:
         fail(str(e))
@@ -139,6 +143,7 @@ if __name__ == "__main__":
         voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
         model, checkpoint = load_model(ckpt or out_dir, device)
         model = model.to(DTYPES[dtype])  # as gpt-fast: weights and KV cache in the compute dtype
+        model = quantize_model(model, quantize)
         decode_step = None
         if compile:  # one graph per cache length (generate.stream rounds it up to a multiple of 256)
             decode_step = compile_decode_step(device)

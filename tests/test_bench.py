@@ -45,7 +45,15 @@ def test_sample_mode_takes_a_config_files_shape_and_ends_with_json(tmp_path):
         assert fig["tokens_per_s"] == pytest.approx(fig["batch_size"] * 1000 / fig["step_ms"])
         assert 0 < fig["roofline_fraction"] < 1  # a tiny model is all overhead, nowhere near the bandwidth limit
         assert fig["roofline_ms"] == pytest.approx(fig["bytes_per_step"] / r["bandwidth_GBps"] / 1e6)
-    assert r["bandwidth_GBps"] == max(r["bandwidth_by_kernel_GBps"].values()) > 0
+    kernels = r["bandwidth_by_kernel_GBps"]  # the roofline's: the faster matrix-vector product, named
+    assert set(kernels) == {"sum", "copy", "gemv", "gemv_compiled"} and r["bandwidth_kernel"].startswith("gemv")
+    assert r["bandwidth_GBps"] == kernels[r["bandwidth_kernel"]] == max(kernels["gemv"], kernels["gemv_compiled"]) > 0
+    # batch 1 side by side: eager fp32, int8, int4 (and transformers' generate where it is installed)
+    rows = r["rows"]
+    assert {"float32 eager", "int8 eager", "int4 eager"} <= set(rows) and r["name"] == "float32 eager"
+    assert rows["int4 eager"]["bytes_per_step"] < rows["int8 eager"]["bytes_per_step"] < r["bytes_per_step"]
+    assert all(row["tokens_per_s"] > 0 and row["batch_size"] == 1 for row in rows.values())
+    assert ("hf generate" in rows) == ("no peer row" not in proc.stdout)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, block_size=64, qk_norm=True))  # bench's qk_norm
     assert r["bytes_per_step"] == int(decode_bytes(model, 1, 8 + 4.5, 4))  # mean context: prompt + (8 + 1) / 2
     assert r["batch_n"]["bytes_per_step"] == int(decode_bytes(model, 3, 8 + 4.5, 4))
@@ -56,10 +64,52 @@ def test_train_mode_ends_with_json(tmp_path):
     proc = run("bench.py", "--mode=train", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64",
                "--batch_size=2", *FAST, cwd=tmp_path)
     r = last_json(proc)
-    assert r["mode"] == "train" and r["batch_size"] == 2 and r["seq_len"] == 64
+    assert r["mode"] == "train" and r["batch_size"] == 2 and r["seq_len"] == 64 and r["peers"] == {}
     assert r["tokens_per_s"] == pytest.approx(2 * 64 * 1000 / r["step_ms"])
     assert 0 < r["mfu"] < 1 and r["peak_flops"] > 1e9 and "measured" in r["peak_flops_source"]
     assert r["peak_memory_MB"] > 50  # the process's max RSS: torch alone is more
+
+
+# a stand-in for nanoGPT's model.py (its interface: GPTConfig, GPT(config), forward -> (logits, loss),
+# configure_optimizers), written by the test: nanoGPT's own code is not part of this repo
+NANOGPT_STANDIN = """
+from dataclasses import dataclass
+import torch, torch.nn as nn, torch.nn.functional as F
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+
+    def forward(self, idx, targets=None):
+        logits = self.lm_head(self.wte(idx))
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay)
+"""
+
+
+def test_train_mode_times_a_nanogpt_checkout_side_by_side(tmp_path):
+    (tmp_path / "nanogpt").mkdir()
+    (tmp_path / "nanogpt" / "model.py").write_text(NANOGPT_STANDIN)
+    proc = run("bench.py", "--mode=train", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64",
+               "--batch_size=2", "--nanogpt=nanogpt", "--nanogpt_vocab=11", *FAST, cwd=tmp_path)
+    r = last_json(proc)
+    peer = r["peers"]["nanogpt"]
+    assert peer["tokens_per_s"] == pytest.approx(2 * 64 * 1000 / peer["step_ms"])
+    assert "nanogpt (vocab 11, same trunk dims)" in proc.stdout and "x its tokens/s" in proc.stdout
 
 
 @pytest.mark.parametrize("args,message", [
