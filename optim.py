@@ -15,7 +15,8 @@ def configure_optimizers(model, weight_decay, learning_rate, betas, device_type,
     """
     -> a list of optimizers, stepped together. 'adamw': AdamW for everything; matrices (embeddings included) decay,
     norms and biases do not, as in nanoGPT. Fused on CUDA and CPU: unfused, the update of the large embedding table
-    is a sizeable part of a small model's CPU step (docs/results.md).
+    is a sizeable part of a small model's CPU step (docs/results.md). On a CPU in one process, the input table's
+    gradient also goes to buffers kept across steps (reuse_table_grad).
     'muon': Muon (below) for the blocks' weight matrices, AdamW for the embeddings, heads and norms; one
     learning_rate and schedule serve both.
     """

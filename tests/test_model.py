@@ -7,7 +7,7 @@ import torch
 from generate import Sampling, decode_and_sample, decode_one_token, generate, prefill, sample_audio_token
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
 from model import packed_layout, stream_positions, text_to_tokens
-from optim import Muon, configure_optimizers
+from optim import Muon, adamw, configure_optimizers
 
 
 def tiny(**kw):
@@ -279,6 +279,41 @@ def test_optimizers_cover_every_parameter_once_and_step(name):
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="adamw"):
         configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95), "cpu", "sgd")
+
+
+def test_reused_table_gradient_is_the_dense_one_bit_for_bit():
+    """
+    On a CPU the input table's gradient arrives as its rows, summed into kept buffers (optim.reuse_table_grad): the
+    parameters after steps of two micro-steps each (rows repeated within and across them) are those of autograd's
+    dense gradient, bit for bit, and the gradient lives in the same buffer every step.
+    """
+    models = [tiny().train(), tiny().train()]
+    reused = configure_optimizers(models[0], 0.1, 1e-2, (0.9, 0.95), "cpu")
+    named = [(n, p) for n, p in models[1].named_parameters()]
+    plain = [adamw([{"params": [p for n, p in named if p.dim() >= 2], "weight_decay": 0.1},
+                    {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0}], 1e-2, (0.9, 0.95), "cpu")]
+    assert models[0].wte.sparse and not models[1].wte.sparse
+    g = torch.Generator().manual_seed(0)
+    where = set()
+    for _ in range(3):
+        batches = []
+        for _ in range(2):
+            x = torch.randint(0, 40, (4, 16), generator=g)  # 40 ids over 64 places: many repeats
+            x[:, :4] = torch.randint(TEXT_OFFSET, TEXT_OFFSET + 4, (4, 4), generator=g)
+            batches.append((x, torch.roll(x, -1, 1)))
+        for model, optimizers in zip(models, (reused, plain)):
+            for x, y in batches:
+                model(x, y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if model is models[0]:
+                assert not model.wte.weight.grad.is_sparse
+                where.add(model.wte.weight.grad.data_ptr())
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    assert len(where) == 1
+    for (n, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(a, b), n
 
 
 def test_muon_matches_torch_muon():

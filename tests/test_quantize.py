@@ -43,6 +43,18 @@ def test_rope_is_the_pairwise_rotation_bit_for_bit():
     assert torch.equal(apply_rope(x, *rope_tables(pos, inv_freq)), expected)
 
 
+def test_compiled_ropes_partners_are_the_swapped_pairs(monkeypatch):
+    """The form a compiled graph takes (neighbours on either side), run eagerly: the same values and gradients."""
+    x = torch.randn(2, 5, 3, 8, requires_grad=True)
+    tables = rope_tables(torch.rand(2, 5) * 100, 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8))
+    g = torch.randn(2, 5, 3, 8)
+    y = apply_rope(x, *tables)
+    dx = torch.autograd.grad(y, x, g)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    y2 = apply_rope(x, *tables)
+    assert torch.equal(y, y2) and torch.equal(dx[0], torch.autograd.grad(y2, x, g)[0])
+
+
 def test_rmsnorm_has_nn_rmsnorms_outputs_and_gradients():
     torch.manual_seed(0)
     ours, theirs = RMSNorm(16), torch.nn.RMSNorm(16)
