@@ -263,7 +263,14 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
         h = prefill(model, idx, pos_all[:, :P], valid[:, :P], P, anchor)  # the prompt sees the prompt's slots only
         token = sample_audio_token(model, h, sampling, noise)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        # eager steps drop the rows whose text has ended from the batch (and the KV cache), a quarter of the batch at a
+        # time: a step reads every row's cache, so it then costs what the rows still speaking do. keep: the prompts
+        # still in the batch, in order; a text's best_of rows (one generator) stay until all of them have ended
+        keep = list(range(B))
+        group = [(first, end) for _, first, end in runs] if noise is not None else [(j, j + 1) for j in range(B)]
         for t in range(max_new_tokens):
+            if len(keep) < B:  # the full row of tokens: EOA for the rows that have left
+                token = torch.full((B,), EOA, dtype=token.dtype, device=device).index_copy_(0, keep_t, token)
             token = torch.where(done, torch.full_like(token, EOA), token)  # a new tensor: a graph's output is not
             done |= token == EOA
             yield token
@@ -272,10 +279,24 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                 break
             if noise is not None:  # the rows that have ended draw no more
                 draw_races(noise, runs, ended)
+            if not compiled:
+                going = [j for first, end in group if not all(ended[first:end]) for j in range(first, end)]
+                if len(keep) - len(going) >= max(1, len(keep) // 4):
+                    at = {j: n for n, j in enumerate(keep)}
+                    rows_now = [at[j] for j in going]
+                    model.keep_cache_rows(torch.tensor(rows_now + [r + len(keep) for r in rows_now] if guided
+                                                       else rows_now, device=device))
+                    keep = going
+                    keep_t = torch.tensor(keep, device=device)
+                    sel = torch.cat([keep_t, keep_t + B]) if guided else keep_t
             slot = P + t
             # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
             seen = valid if compiled else valid[:, :slot + 1]
-            token = decode_step(model, token, pos_all[:, slot:slot + 1], seen, slots[slot:slot + 1], sampling, noise)
+            pos = pos_all[:, slot:slot + 1]
+            if len(keep) < B:
+                token, pos, seen = token[keep_t], pos[sel], seen[sel]
+            token = decode_step(model, token, pos, seen, slots[slot:slot + 1], sampling,
+                                noise if noise is None or len(keep) == B else noise[keep_t])
     finally:
         model.clear_cache()
 
