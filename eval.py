@@ -22,7 +22,7 @@ Modes (--mode; the default is synthetic for a model trained on the synthetic cor
                    tokens_per_s, rtf     generated tokens per second, seconds of audio per second of compute
     reference  score the ground-truth recordings themselves: the best any model can do with these metrics
     roundtrip  encode + decode the recordings through Stable Codec and score that, next to the recordings
-    model      speak each line's text with the checkpoint (generate.synthesize -> codec ids -> Stable Codec decoder),
+    model      speak each line's text with the checkpoint (speak.synthesize -> codec ids -> Stable Codec decoder),
                in the voice of the line's prompt audio when it has one (the model continues that recording)
 
 Real speech is scored by speech_metrics.py (install: requirements-eval.txt), all at 16 kHz:
@@ -60,7 +60,8 @@ import speech_metrics as sm
 from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable, load_audio
 from common import atomic_write, check_device, default_device, fail, skip_line, skip_summary
 from data import CheckpointError, Shards, load_model
-from generate import Sampling, SpeechMissing, synthesize
+from generate import Sampling
+from speak import SpeechMissing, synthesize
 from model import make_prompt, text_to_tokens
 from quantize import Quantization, logits_difference, quantize_model
 from synthetic import SyntheticSpeech

@@ -25,7 +25,8 @@ from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec
                    StreamingDecoder, load_audio, pcm16, rms_db)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
-from generate import Sampling, compile_decode_step, synthesize
+from generate import Sampling, compile_decode_step
+from speak import synthesize
 from model import N_AUDIO
 from quantize import Quantization, quantize_model
 from synthetic import SyntheticSpeech

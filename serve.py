@@ -35,7 +35,8 @@ from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec
                    StreamingDecoder, pcm16)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
-from generate import Sampling, SpeechMissing, synthesize
+from generate import Sampling
+from speak import SpeechMissing, synthesize
 from sample import load_voice
 from synthetic import SyntheticSpeech
 

@@ -368,7 +368,8 @@ if master_process and log_samples and val_data.meta.get("dataset") != "synthetic
 
 def log_sample(it):
     """Speak the first val text with the model as it is now, and keep what it says where a person can look."""
-    from generate import Sampling, synthesize
+    from generate import Sampling
+    from speak import synthesize
 
     text = val_data[0][0]
     raw_model.eval()

@@ -10,7 +10,8 @@ import torch
 
 from conftest import ROOT, TINY, one_line_error, read_log, run
 from data import load_model
-from generate import Sampling, synthesize
+from generate import Sampling
+from speak import synthesize
 
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import ROOT, read_log, run
-from generate import Sampling, synthesize
+from generate import Sampling
+from speak import synthesize
 from model import GPT, GPTConfig
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import generate as gen
+import speak as gen  # synthesize's module: its generate calls are recorded
 from codec import StreamingDecoder
 from conftest import ROOT, run
 from data import load_model
-from generate import Sampling, most_likely, split_text, synthesize, token_logprobs
+from generate import Sampling, token_logprobs
+from speak import most_likely, split_text, synthesize
 from model import EOA, GPT, SOA, TEXT_OFFSET, GPTConfig, make_prompt, text_to_tokens
 
 
@@ -40,7 +41,7 @@ def test_long_text_is_chunked_and_joined(trained, monkeypatch):
 
 
 def recording(monkeypatch):
-    """Make generate.generate record its prompts and anchors (one entry per batched call)."""
+    """Make synthesize's generate calls record their prompts and anchors (one entry per batched call)."""
     calls, real_generate = [], gen.generate
 
     def generate(model, prompts, *a, **k):

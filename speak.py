@@ -1,0 +1,267 @@
+"""
+Texts of any length into speech, on generate.py's batched sampler: `synthesize` splits a text that does not fit the
+context at sentence ends and speaks each chunk as the continuation of the last (so the voice holds), continues a
+voice prompt, keeps the most likely of best_of samples, checks that every chunk came back with its speech
+(`missing_speech`, else `SpeechMissing`), and streams each text's tokens as they come. sample.py, eval.py, serve.py
+and train.py's samples all speak through it.
+"""
+
+import re
+
+import numpy as np
+import torch
+
+from codec import TOKENS_PER_SECOND
+from generate import Sampling, generate, stream, token_logprobs
+from model import EOA, make_prompt, text_to_tokens
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?;:。！？।])\s+|\n+")
+
+
+def split_text(text, max_bytes, pack=True):
+    """
+    Split UTF-8 text into chunks of at most max_bytes: whole sentences (packed together where they fit, if pack), a
+    longer sentence at spaces, a longer word between characters (never inside one).
+    """
+    pieces = []
+    for sentence in SENTENCE_END.split(text.decode("utf-8")):
+        words = sentence.split()
+        while words:  # the longest run of words that fits
+            n = 1
+            while n < len(words) and len(" ".join(words[:n + 1]).encode()) <= max_bytes:
+                n += 1
+            piece, words = " ".join(words[:n]), words[n:]
+            while len(piece.encode()) > max_bytes:  # a single word longer than a chunk
+                cut = max_bytes
+                while len(piece[:cut].encode()) > max_bytes:
+                    cut -= 1
+                pieces.append(piece[:cut].encode())
+                piece = piece[cut:]
+            pieces.append(piece.encode())
+    chunks = []
+    for piece in pieces:
+        if pack and chunks and len(chunks[-1]) + 1 + len(piece) <= max_bytes and chunks[-1][-1:] in b".!?;:":
+            chunks[-1] += b" " + piece  # sentences share a chunk; pieces of one sentence do not
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+class SpeechMissing(ValueError):
+    """A chunk of a text came back without its speech (missing_speech); the message is one line with the fix."""
+
+
+RETRIES = 2  # times synthesize samples a chunk again that came back without its speech, before it gives up
+
+
+def missing_speech(model, audio, chunks, k, spoken, i, tries=1 + RETRIES):
+    """
+    Why chunk k of text i (chunks: all of that text's) is missing its speech, or "" when it is not: it ended without
+    speech, or with under a quarter of the frames its bytes need at the rate of the speech before it (its voice
+    prompt and earlier chunks: spoken, (text, audio) pairs). A model that has never heard speech continue after a
+    finished sentence ends every continuation at once, and a long text would come back as its first sentence alone.
+    """
+    said_text, said_audio = sum(len(t) for t, _ in spoken), sum(len(a) for _, a in spoken)
+    rate = said_audio / said_text if said_text and said_audio else 0.0
+    if len(audio) > 0 and len(audio) >= rate * len(chunks[k]) / 4:
+        return ""
+    where = f"text {i + 1}" + (f", chunk {k + 1} of {len(chunks)}," if len(chunks) > 1 else "")
+    got = f"{len(audio)} frames for {len(chunks[k])} bytes"
+    got += f" (the speech before it: {rate:.2f} per byte)" if rate else ""
+    if k > 0 and not model.config.anchor_continuations:
+        fix = ("this model has not learned to continue speech after a finished sentence, which long texts (spoken in "
+               "chunks, each continuing the last) need: train one that has, e.g. config/train_synthetic_prompts.py, "
+               "or give texts short enough to be spoken whole")
+    elif spoken:
+        fix = (f"the model stopped mid-text{f' {tries} times' if tries > 1 else ''}: try --best_of=4, a lower "
+               "--temperature, or another --seed")
+    else:
+        fix = (f"the model said nothing{f' {tries} times' if tries > 1 else ''}: is it trained? try another --seed or "
+               "--temperature")
+    return f"{where} ended after {got}: {fix}"
+
+
+def most_likely(scores, weakest=3):
+    """
+    Which of several samples of one chunk to keep. scores: per sample, its token log-probabilities under one or more
+    readings (token_logprobs), a 1-D tensor each. Kept: the sample whose `weakest` least likely tokens are the most
+    likely, summed over its readings. A slip (a skipped word, a doubled letter, a new voice) is a token the sampler
+    drew against the odds; a sample's mean hides it, its weakest tokens show it.
+    """
+    weakness = [sum(float(s.sort().values[:weakest].mean()) if len(s) else -np.inf for s in readings)
+                for readings in scores]
+    return int(np.argmax(weakness))
+
+
+@torch.no_grad()
+def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voices=None, frames_per_byte=2.5,
+               on_token=None, decode_step=None, strict=True, join=None):
+    """
+    Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
+
+    Texts are sampled batch_size at a time, each row stopping at its own end-of-audio. voices: None, or per text
+    None or (prompt text bytes, prompt audio ids): the model continues that recording, in its voice. Any length of
+    text works: a text that does not fit the context after its voice prompt (with room for frames_per_byte audio
+    tokens per byte) is split at sentence ends into chunks, each spoken as the continuation of the previous chunk
+    (its text and audio as the voice prompt), so the voice holds across chunks; the chunks' tokens join seamlessly.
+    A model trained with anchor_continuations has only heard speech continue at an anchored sentence border: it
+    speaks every sentence as its own chunk, anchored where the sentence starts. sampling.best_of: sample each chunk
+    that many times in one batch and keep the one the model finds most likely (most_likely). sampling.max_seconds
+    caps each chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
+    on_token: streaming: on_token(i, id) is called with each audio id of text i as soon as it is sampled, and
+    on_token(i, None) once text i is finished (at its last chunk's end-of-audio, while its batch mates go on); an
+    on_token that returns False drops text i (its later chunks are not spoken; a batch whose rows have all ended or
+    been dropped stops at once). Chunks are not sampled again (what was handed on is said), and best_of must be 1: a
+    chunk that ends without its speech (strict) is on_token(i, SpeechMissing(...)), which drops text i when on_token
+    returns True (a server fails that request alone) and is raised otherwise.
+    decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
+    seed: each text draws from its own random stream, seeded seed + i for text i (or seed[i], given a list of one
+    per text), through all its chunks, retries and best_of samples (draw_races): a text comes out the same whatever
+    the texts beside it, so text i here is what synthesize([text], seed=seed + i) gives.
+    join: None, or join(n) -> a list of at most n (text, voice, seed) to add to the batch between two rounds of
+    chunks (serve.py's waiting requests); they are numbered on from len(texts), in order, for on_token.
+    strict: a chunk that ends without speech, or far sooner than the speech before it (missing_speech), is sampled
+    again, and after RETRIES more tries raises SpeechMissing instead of coming back short; strict=False keeps it
+    as it came (eval.py scores short outputs as the errors they are).
+    """
+    best_of = sampling.best_of
+    if on_token is not None and best_of != 1:
+        raise ValueError("streaming speaks one sample of each text (not with --best_of)")
+    block = model.config.block_size
+    device = model.wte.weight.device
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(texts))]
+    if len(seeds) != len(texts):
+        raise ValueError(f"{len(seeds)} seeds for {len(texts)} texts: give one per text, or one for all")
+    empty = np.zeros(0, dtype=np.int64)
+    # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
+    # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may
+    # take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
+    pack = not model.config.anchor_continuations
+    max_chunk = int((block - 2) / ((2 if pack else 1.5) * (1 + frames_per_byte)))
+    chunks, spoken, outputs = [], [], []  # per text: its chunks; its voice prompt, then each chunk spoken; its audio
+    generators = []  # per text: its own random stream
+    dropped = set()  # texts whose on_token returned False
+
+    def add(text, voice, seed):
+        """A text to speak, with its voice (None or (text, ids)) and seed; cut (and sampled) the same whatever its
+        batch mates are."""
+        voice = (voice[0], np.asarray(voice[1], dtype=np.int64)) if voice else (b"", empty)
+        most = min(max_chunk, int((block - 2 - len(voice[0]) - len(voice[1])) / (1 + frames_per_byte)))
+        if most < 8:
+            raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
+                             f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
+        fits = 2 + len(voice[0]) + len(voice[1]) + (1 + frames_per_byte) * len(text) <= block
+        whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
+        chunks.append([text] if whole else split_text(text, most, pack))  # a text that fits is not split
+        spoken.append([voice] if len(voice[1]) else [])
+        outputs.append([])
+        generators.append(torch.Generator(device=device).manual_seed(seed))
+        return len(chunks) - 1
+
+    for text, voice, s in zip(texts, voices or [None] * len(texts), seeds):
+        add(text, voice, s)
+
+    def speak(active):
+        """The next chunk of each text in active, in one batch: {text: (audio ids, its anchor, the most it could
+        say)}."""
+        prompts, unconds, anchors = [], [], []
+        at = {i: len(outputs[i]) for i in active}  # which chunk of each text
+        for i in active:
+            k = at[i]
+            # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
+            # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a
+            # voice prompt does
+            room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
+            prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
+                                         (b"", empty))
+            text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
+            prompts += [make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))] * best_of
+            anchors += [len(prev_text) if len(prev_audio) else None] * best_of  # new speech starts at the space
+            unconds += [make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio))] * best_of
+        longest = max(len(p) for p in prompts)
+        max_new = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - longest)
+        if max_new < 1:
+            raise ValueError(f"text does not fit this model's block_size {block}")
+        args = dict(generators=[generators[i] for i in active for _ in range(best_of)],
+                    uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
+                    decode_step=decode_step, anchors=anchors)
+        if on_token is None:
+            audio = generate(model, prompts, max_new, sampling, **args)
+        else:  # streaming: hand each row's tokens on as soon as they are sampled, and each text's end at its own
+            steps, live = [[] for _ in active], set(range(len(active)))
+            last = {j for j, i in enumerate(active) if at[i] == len(chunks[i]) - 1}  # rows whose text ends here
+            for token in stream(model, prompts, max_new, sampling, **args):
+                for j, t in enumerate(token.tolist()):
+                    if j not in live:
+                        continue
+                    if t == EOA:
+                        live.discard(j)
+                        i = active[j]
+                        problem = strict and missing_speech(model, steps[j], chunks[i], at[i], spoken[i], i, 1)
+                        if problem:  # handed on already, so not sampled again: the text fails, its batch goes on
+                            dropped.add(i)
+                            if on_token(i, SpeechMissing(problem)) is not True:
+                                raise SpeechMissing(problem)
+                        elif j in last:
+                            on_token(i, None)
+                    else:
+                        steps[j].append(t)
+                        if on_token(active[j], t) is False:
+                            live.discard(j)
+                            dropped.add(active[j])
+                if not live:
+                    break
+            for j in live & last:  # ran to max_new without an end-of-audio
+                on_token(active[j], None)
+            audio = [torch.tensor(s, dtype=torch.long) for s in steps]
+        if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
+            # a sample scores its end too (a run-on, a missing one), where the row has room for it
+            ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
+                    for p, a in zip(prompts, audio)]
+            scores = [[s] for s in token_logprobs(model, prompts, ends, anchors)]
+            # a continuation is read twice: after its prompt (does the voice carry on?) and after its own text
+            # alone (does it say that text from the first word? one that re-speaks the prompt's last "!", then
+            # skips a word, is likely after the prompt, not without it). Both readings halve the sentences said
+            # wrong against the first alone (docs/results.md)
+            rows = [j for j, a in enumerate(anchors) if a is not None]
+            no_audio = torch.zeros(0, dtype=torch.long)
+            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][at[active[j // best_of]]]),
+                                 no_audio) for j in rows]
+            for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
+                scores[j].append(s)
+            audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
+        return {i: (a.cpu().numpy(), anchor, max_new) for i, a, anchor in zip(active, audio, anchors[::best_of])}
+
+    def unsaid(group):
+        return [i for i in group if len(outputs[i]) < len(chunks[i]) and i not in dropped]
+
+    order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
+    for start in range(0, len(order), batch_size):
+        group = order[start:start + batch_size]
+        while True:  # one round: the next chunk of each text of the group that has one left, in one batch
+            todo = unsaid(group)
+            if join:  # texts that came meanwhile take the free rows, from this round on
+                joined = [add(*request) for request in join(batch_size - len(todo))]
+                group, todo = group + joined, todo + joined
+            if not todo:
+                break
+            # a chunk that comes back without its speech is sampled again (a slip), up to RETRIES times, then said
+            for attempt in range(1 + (RETRIES if strict and on_token is None else 0)):
+                said, todo = speak(todo), []
+                for i, (a, anchor, max_new) in said.items():
+                    k = len(outputs[i])
+                    problem = (strict and i not in dropped and len(a) < max_new
+                               and missing_speech(model, a, chunks[i], k, spoken[i], i))
+                    if problem and attempt < RETRIES and on_token is None:
+                        todo.append(i)
+                        continue
+                    if problem:
+                        raise SpeechMissing(problem)
+                    outputs[i].append(a)
+                    # a continuation speaks the space before its text too: as a prompt, its text must hold that
+                    # space, or its audio runs a byte ahead of its text and the next chunk repeats the end of it
+                    spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], a))
+                if not todo:
+                    break
+    return [np.concatenate(o) if o else empty for o in outputs]
