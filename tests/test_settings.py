@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import generate
+import speak
 import model
 from conftest import ROOT
 from generate import Sampling
@@ -52,7 +53,7 @@ def test_sample_and_eval_hand_every_sampling_setting_to_synthesize(trained, tmp_
          f"--codec_config={ROOT}/tests/fixtures/tiny_stable_codec_config.json", "--codec_ckpt=", "--mos=off"),
     ]
     for script, *args in entry_points:
-        (model_, texts, sampling, *_), _ = run_until(monkeypatch, generate, "synthesize", script, *args, *FLAGS,
+        (model_, texts, sampling, *_), _ = run_until(monkeypatch, speak, "synthesize", script, *args, *FLAGS,
                                                      cwd=work)
         assert sampling == Sampling(**SETTINGS), (script, args)
 
