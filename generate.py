@@ -11,6 +11,7 @@ from its fields and hand one Sampling object down to the step that uses it.
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 from model import EOA, N_COARSE, N_FINE, PAD, SOA, stream_positions
 
@@ -78,7 +79,7 @@ def decode_and_sample(model, token, pos, valid, input_pos, sampling, noise=None)
     under guidance: the conditional rows, then the unconditional), then sample the next one [B]. Sampling in the
     graph too, not only the decode: eager sampling is some 25 small kernel launches, which on a GPU can take longer
     than the whole compiled decode (docs/results.md). noise: as sample_audio_token's; the graph takes the draws of
-    draw_races as an input (a torch.Generator cannot go into it).
+    draw_noise as an input (a torch.Generator cannot go into it).
     """
     feed = token.repeat(2) if sampling.cfg_scale != 1.0 else token
     h = decode_one_token(model, feed[:, None], pos, valid, input_pos)
@@ -113,31 +114,57 @@ def compile_decode_step(device):
     return torch.compile(decode_and_sample, dynamic=False, options=decode_compile_options(device))
 
 
-def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
-    """Temperature, then top-k, then nucleus (top-p) filtering of [B, V] logits. temperature must be > 0."""
-    logits = logits / temperature
-    if top_k and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p and 0 < top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return logits
-
-
-def pick(logits, sampling, noise):
+def pick(logits, sampling, u):
+    """
+    One class per row of [B, V] logits: the most likely at temperature 0; otherwise a draw from the distribution at
+    that temperature, cut to its top_k classes (renormalised) and then to its nucleus (the smallest set of most
+    likely classes whose mass reaches top_p), by inverse CDF: u [B], uniform in [0, 1), picks the first class whose
+    cumulative mass exceeds u times the mass kept. One draw a row, where an exponential race needs one per class; no
+    host sync and no torch.multinomial, so that a compiled step samples inside its CUDA graph.
+    """
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p).softmax(dim=-1)
-    # the exponential race: argmax(p_i / E_i), E_i ~ Exp(1), is i with probability p_i, with no host sync and no
-    # torch.multinomial, so that a compiled step samples inside its CUDA graph (gpt-fast does the same)
-    race = noise if isinstance(noise, torch.Tensor) else torch.empty_like(probs).exponential_(1, generator=noise)
-    return (probs / race).argmax(dim=-1)
+    logits = logits / sampling.temperature
+    V = logits.shape[-1]
+    top_p = sampling.top_p if 0 < sampling.top_p < 1 else 1.0
+    if 0 < sampling.top_k < V:
+        logits, order = logits.topk(sampling.top_k, dim=-1)  # most likely first
+        return inverse_cdf(logits.softmax(dim=-1).cumsum(dim=-1), order, top_p, u)
+    probs = logits.softmax(dim=-1)
+    if top_p == 1.0:
+        return inverse_cdf(probs.cumsum(dim=-1), None, top_p, u)
+    if torch.compiler.is_compiling():  # one static graph: every row sorted
+        probs, order = probs.sort(dim=-1, descending=True)
+        return inverse_cdf(probs.cumsum(dim=-1), order, top_p, u)
+    # eager: a nucleus is most often a few classes, and sorting a whole row costs ~3 us on a CPU (most of a 32-row
+    # step's sampling): the most likely NUCLEUS_HEAD of each row first, the whole row only where they hold < top_p
+    head, order = probs.topk(min(V, NUCLEUS_HEAD), dim=-1)
+    cdf = head.cumsum(dim=-1)
+    out = inverse_cdf(cdf, order, top_p, u)
+    wide = (cdf[:, -1] <= top_p).nonzero()[:, 0]
+    if len(wide) and head.shape[-1] < V:
+        probs, order = probs[wide].sort(dim=-1, descending=True)
+        out[wide] = inverse_cdf(probs.cumsum(dim=-1), order, top_p, u[wide])
+    return out
 
 
-RACE_WIDTH = N_COARSE + 1 + N_FINE  # one row's draws per step: its coarse class (or EOA), then its fine digits
+NUCLEUS_HEAD = 16
+
+
+def inverse_cdf(cdf, order, top_p, u):
+    """
+    pick's draw: cdf [B, n], the cumulative mass of a row's classes (most likely first when top_p < 1; order [B, n]
+    says which class each is, None: 0..n-1) -> per row, the class u [B] picks within the nucleus.
+    """
+    last, mass = cdf.shape[-1] - 1, cdf[:, -1:]  # the last class kept, and the mass kept
+    if top_p < 1:  # a class stays while the mass before it is at most top_p
+        last = (cdf[:, :-1] <= top_p).sum(dim=-1, keepdim=True)
+        mass = cdf.gather(-1, last)
+    i = (cdf <= u[:, None] * mass).sum(dim=-1, keepdim=True).clamp(max=last)
+    return (i if order is None else order.gather(-1, i))[:, 0]
+
+
+DRAWS = 2  # one row's uniforms per step: its coarse class (or EOA), then its fine digits
 
 
 def generator_runs(generators):
@@ -151,21 +178,20 @@ def generator_runs(generators):
     return runs
 
 
-def draw_races(races, runs, ended):
+def draw_noise(noise, runs, ended):
     """
-    One step's Exp(1) draws for sample_audio_token, each text from its own stream: races [B, RACE_WIDTH] is refilled
-    in place, row by row (its coarse draws, then its fine ones), one call per run of rows that share a generator
-    (generator_runs), and only while one of them is still speaking (ended: per row, a list). So a text's draws are a
-    function of its seed and of its own tokens alone: not of its batch mates, nor of how long they run after it has
-    ended, nor of when it joined. The cost is one call per text per step, not one per batch: on a CPU, 1 to 2 us
-    per text on top of the ~7 us of its draws (docs/serving.md); on a GPU one small kernel launch per text
-    per step, outside the compiled step's graph. A counter-based stream (a Philox hash of seed and step in the graph)
-    would be one kernel, but would change every sampled output, batch-1 ones too.
+    One step's uniform draws for sample_audio_token, each text from its own stream: noise [B, DRAWS] is refilled in
+    place, one call per run of rows that share a generator (generator_runs), and only while one of them is still
+    speaking (ended: per row, a list). So a text's draws are a function of its seed and of its own tokens alone: not
+    of its batch mates, nor of how long they run after it has ended, nor of when it joined. The cost is one call per
+    text per step, not one per batch: ~1.5 us per text on a CPU (docs/serving.md); on a GPU one small kernel launch
+    per text per step, outside the compiled step's graph. A counter-based stream (a Philox hash of seed and step in
+    the graph) would be one kernel, but would change every sampled output, batch-1 ones too.
     """
     for g, first, end in runs:
         if not all(ended[first:end]):
-            races[first:end].exponential_(1, generator=g)
-    return races
+            noise[first:end].uniform_(generator=g)
+    return noise
 
 
 def sample_audio_token(model, h, sampling, noise=None):
@@ -175,7 +201,7 @@ def sample_audio_token(model, h, sampling, noise=None):
     With cfg_scale != 1, h holds the conditional rows then the unconditional ones ([2B, n_embd]); both stages use
     the guided logits uncond + cfg_scale * (cond - uncond), and B tokens come out (guidance draws nothing more).
     noise: where the random draws come from: None (torch's global random state) or a torch.Generator, one stream
-    for the whole batch; or the draws themselves, [B, RACE_WIDTH] from draw_races, one stream per text.
+    for the whole batch; or the draws themselves, [B, DRAWS] from draw_noise, one stream per text.
     """
     guided = sampling.cfg_scale != 1.0
 
@@ -185,12 +211,14 @@ def sample_audio_token(model, h, sampling, noise=None):
         cond, uncond = logits.chunk(2)
         return uncond + sampling.cfg_scale * (cond - uncond)
 
-    drawn = isinstance(noise, torch.Tensor)
-    coarse = pick(guide(model.coarse_logits(h)), sampling, noise[:, :N_COARSE + 1] if drawn else noise)
+    B = h.shape[0] // (2 if guided else 1)
+    u = noise if isinstance(noise, torch.Tensor) else (  # greedy draws nothing
+        torch.rand(B, DRAWS, device=h.device, generator=noise) if sampling.temperature > 0 else None)
+    coarse = pick(guide(model.coarse_logits(h)), sampling, None if u is None else u[:, 0])
     eoa = coarse == N_COARSE
     coarse = coarse.clamp(max=N_COARSE - 1)
     both = coarse.repeat(2) if guided else coarse
-    fine = pick(guide(model.fine_logits(h, both)), sampling, noise[:, N_COARSE + 1:] if drawn else noise)
+    fine = pick(guide(model.fine_logits(h, both)), sampling, None if u is None else u[:, 1])
     return torch.where(eoa, torch.full_like(coarse, EOA), coarse * N_FINE + fine)
 
 # -----------------------------------------------------------------------------
@@ -199,19 +227,28 @@ def sample_audio_token(model, h, sampling, noise=None):
 
 @torch.no_grad()
 def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None, uncond_prompts=None,
-           decode_step=None, anchors=None):
+           decode_step=None, anchors=None, join=None, capacity=0, stop=None):
     """
     Continue each prompt (a 1-D LongTensor from model.make_prompt) with audio tokens, yielding the next token of every
-    row ([B] LongTensor, EOA once a row is done) as soon as it is sampled.
+    row ([rows] LongTensor, EOA once a row is done) as soon as it is sampled.
     Prompts of different lengths are left-padded into one batch: pads are masked out and each row keeps its own
     RoPE positions, so a row's output is the same as when it is sampled alone.
+    max_new_tokens: the most tokens a row may take, one for all or one per prompt.
     Classifier-free guidance (sampling.cfg_scale != 1): uncond_prompts (the same prompts without their text) run in
     the same batch, and logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
-    generators: per prompt, the torch.Generator its draws come from (draw_races; adjacent prompts may share one: a
+    generators: per prompt, the torch.Generator its draws come from (draw_noise; adjacent prompts may share one: a
     text's best_of samples), so that each row samples the same whatever its batch mates; None: torch's global random
     state, one stream for the batch. decode_step: a compile_decode_step(), or None for the eager decode_and_sample.
     anchors: per prompt, None or (for one that ends in a voice prompt's audio) the byte of its text where the new
     speech starts; with GPTConfig.anchor_continuations the new audio's positions restart there.
+    join (eager steps only): continuous batching. After each step, join(free) is called with the rows that are free
+    (their end yielded, or never used: yields are max(len(prompts), capacity) wide) and returns up to len(free) new
+    rows, each (prompt, unconditional prompt or None, generator or None, anchor, max_new_tokens); the n-th is row
+    free[n] from the next yield on. Its prompt is prefilled on its own and laid into the KV cache to end where the
+    running rows are, so it samples what it would alone. The stream ends once no row runs and join brings none.
+    stop: None, or a set the caller may add rows to between two yields: they end at once (a client gone), without
+    an EOA; the stream empties it.
+    A row that has taken its max_new_tokens yields EOA next.
     """
     cfg = model.config
     device = model.wte.weight.device
@@ -219,82 +256,160 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     guided = sampling.cfg_scale != 1.0
     if guided and (uncond_prompts is None or len(uncond_prompts) != B):
         raise ValueError("classifier-free guidance needs one unconditional prompt per prompt")
-    rows = list(prompts) + (list(uncond_prompts) if guided else [])
-    lengths = torch.tensor([len(p) for p in rows], device=device)
-    P = int(lengths.max())
-    total = P + max_new_tokens
-    if total > cfg.block_size:
-        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {cfg.block_size}")
+    caps = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    per_text = generators is not None and sampling.temperature > 0
+    if per_text and len(generators) != B:
+        raise ValueError(f"{len(generators)} generators for {B} prompts: give one per prompt")
     compiled = decode_step not in (None, decode_and_sample)
-    if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
-        total = min(cfg.block_size, -(-total // 256) * 256)
-    pad = P - lengths  # left padding per row
-    idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
-    for i, p in enumerate(rows):
-        idx[i, pad[i]:] = p.to(device)
-    slots = torch.arange(total, device=device)
-    valid = slots[None, :] >= pad[:, None]  # [rows, total]: which cache slots hold real tokens, per row
-    soa_at = torch.tensor([int((p == SOA).nonzero()[0]) for p in rows], device=device)[:, None]
-    anchor_at = anchor_byte = None
-    if cfg.anchor_continuations and anchors is not None and any(a is not None for a in anchors):
-        anchored = torch.tensor([a is not None for a in anchors] + [False] * (len(rows) - B), device=device)
-        anchor_at = torch.where(anchored, lengths - 1, total)[:, None]  # the prompt's last audio token
-        anchor_byte = torch.tensor([a or 0 for a in anchors] + [0] * (len(rows) - B), device=device)[:, None]
-    pos_all = stream_positions(slots[None, :] - pad[:, None], soa_at, cfg.audio_pos_rate, cfg.align_audio_pos,
-                               anchor_at, anchor_byte)
-
-    model.setup_cache(len(rows), total)
+    if compiled and join is not None:
+        raise ValueError("rows join eager steps only (decode_step=None)")
     decode_step = decode_step or decode_and_sample
-    noise = None
-    if generators is not None and sampling.temperature > 0:
-        if len(generators) != B:
-            raise ValueError(f"{len(generators)} generators for {B} prompts: give one per prompt")
-        runs = generator_runs(generators)
-        noise = draw_races(torch.empty(B, RACE_WIDTH, device=device), runs, [False] * B)
-    try:
+    C = max(B, capacity)
+    gens = (list(generators) if per_text else [None] * B) + [None] * (C - B)  # per row: its random stream
+    cap = torch.tensor(caps + [0] * (C - B), device=device)
+    count = torch.zeros(C, dtype=torch.long, device=device)  # tokens yielded, per row
+    done = torch.tensor([False] * B + [True] * (C - B), device=device)
+    noise = torch.empty(C, DRAWS, device=device) if per_text else None
+    never = cfg.block_size  # an anchor offset no row reaches
+
+    def first_tokens(specs, rows_at, total):
+        """
+        Prefill the prompts of specs [(prompt, uncond, anchor)] (left-padded, conditional rows then unconditional
+        ones) into a fresh cache of total slots, and sample their first tokens with the draws of rows rows_at.
+        -> (tokens, state: per model row its first slot and, as offsets in the row, its SOA and anchor, P).
+        """
+        rows = [p for p, _, _ in specs] + ([u for _, u, _ in specs] if guided else [])
+        lengths = torch.tensor([len(p) for p in rows], device=device)[:, None]
+        P = int(lengths.max())
+        for (p, _, _), j in zip(specs, rows_at):  # (an unconditional prompt is its prompt without the text)
+            if len(p) + int(cap[j]) > cfg.block_size:
+                raise ValueError(f"prompt ({len(p)}) + max_new_tokens ({int(cap[j])}) exceeds block_size "
+                                 f"{cfg.block_size}")
+        idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
+        for i, p in enumerate(rows):
+            idx[i, P - len(p):] = p.to(device)
+        marks = [a for _, _, a in specs] + [None] * (len(rows) - len(specs))
+        anchored = torch.tensor([a is not None for a in marks], device=device)[:, None]
+        state = {"start": P - lengths, "soa": torch.tensor([int((p == SOA).nonzero()[0]) for p in rows],
+                                                           device=device)[:, None],
+                 "anchor_at": torch.where(anchored, lengths - 1, never),  # the prompt's last audio token
+                 "anchor_byte": torch.tensor([a or 0 for a in marks], device=device)[:, None]}
         anchor = None
-        if anchor_at is not None:  # at each anchored prompt's last token, as data.get_batch marks it
+        if cfg.anchor_continuations and any(a is not None for a in marks):  # marked as data.get_batch marks it
             anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
-            anchor[:, P - 1] = torch.where(anchored, anchor_byte[:, 0], -1)
-        h = prefill(model, idx, pos_all[:, :P], valid[:, :P], P, anchor)  # the prompt sees the prompt's slots only
-        token = sample_audio_token(model, h, sampling, noise)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        # eager steps drop the rows whose text has ended from the batch (and the KV cache), a quarter of the batch at a
-        # time: a step reads every row's cache, so it then costs what the rows still speaking do. keep: the prompts
-        # still in the batch, in order; a text's best_of rows (one generator) stay until all of them have ended
-        keep, keep_t, sel = list(range(B)), None, None
-        group = [(first, end) for _, first, end in runs] if noise is not None else [(j, j + 1) for j in range(B)]
-        for t in range(max_new_tokens):
-            if len(keep) < B:  # the full row of tokens: EOA for the rows that have left
-                token = torch.full((B,), EOA, dtype=token.dtype, device=device).index_copy_(0, keep_t, token)
-            token = torch.where(done, torch.full_like(token, EOA), token)  # a new tensor: a graph's output is not
-            done |= token == EOA
-            yield token
+            anchor[:, P - 1] = torch.where(anchored[:, 0], state["anchor_byte"][:, 0], -1)
+        slots = torch.arange(P, device=device)
+        model.setup_cache(len(rows), total)
+        # the prompt sees the prompt's slots only
+        h = prefill(model, idx, positions(slots - state["start"], state), slots >= state["start"], P, anchor)
+        draws = noise[torch.tensor(rows_at, device=device)] if per_text else None
+        return sample_audio_token(model, h, sampling, draws), state, P
+
+    def positions(offset, state):
+        anchored = cfg.anchor_continuations  # (a row without an anchor has one at an offset it never reaches)
+        return stream_positions(offset, state["soa"], cfg.audio_pos_rate, cfg.align_audio_pos,
+                                state["anchor_at"] if anchored else None, state["anchor_byte"] if anchored else None)
+
+    def rows_of(kept, n):  # the model rows of rows kept (places in a batch of n): conditional, then unconditional
+        return kept + [r + n for r in kept] if guided else kept
+
+    def both(a, b, n_a, n_b):  # the model rows of two batches as one: conditional ones of a, of b, then the rest
+        return torch.cat([a[:n_a], b[:n_b], a[n_a:], b[n_b:]]) if guided else torch.cat([a, b])
+
+    if per_text:
+        draw_noise(noise, generator_runs(gens), done.tolist())
+    specs = list(zip(prompts, uncond_prompts if guided else [None] * B, anchors or [None] * B))
+    P = max(len(p) for p, u, _ in specs for p in ([p, u] if guided else [p]))
+    total = P + max(caps)
+    if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
+        total = max(total, min(cfg.block_size, -(-total // 256) * 256))
+    try:
+        token, state, slot = first_tokens(specs, list(range(B)), total)  # slot: where the next step writes
+        keep = list(range(B))  # the rows in the batch, in order (compiled steps: all of them, always)
+        valid = torch.arange(total, device=device)[None, :] >= state["start"]  # compiled steps: one static shape
+        while True:
+            keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+            out = torch.full((C,), EOA, device=device).index_copy(0, keep_t, token)
+            out = torch.where(done | (count >= cap), EOA, out)
+            count += out != EOA
+            done |= out == EOA
+            yield out
+            token = out[keep_t]  # a new tensor (a compiled step's output is overwritten by its next replay)
+            if stop:
+                done[torch.tensor(sorted(stop), dtype=torch.long, device=device)] = True
+                stop.clear()
             ended = done.tolist()
-            if all(ended) or t == max_new_tokens - 1:
+            going = [j for j in keep if not ended[j]]
+            if not going and join is None:
                 break
-            if noise is not None:  # the rows that have ended draw no more
-                draw_races(noise, runs, ended)
-            if not compiled:
-                going = [j for first, end in group if not all(ended[first:end]) for j in range(first, end)]
-                if len(keep) - len(going) >= max(1, len(keep) // 4):
-                    at = {j: n for n, j in enumerate(keep)}
-                    rows_now = [at[j] for j in going]
-                    model.keep_cache_rows(torch.tensor(rows_now + [r + len(keep) for r in rows_now] if guided
-                                                       else rows_now, device=device))
-                    keep = going
-                    keep_t = torch.tensor(keep, device=device)
-                    sel = torch.cat([keep_t, keep_t + B]) if guided else keep_t
-            slot = P + t
-            # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
-            seen = valid if compiled else valid[:, :slot + 1]
-            pos = pos_all[:, slot:slot + 1]
-            if len(keep) < B:
-                token, pos, seen = token[keep_t], pos[sel], seen[sel]
-            token = decode_step(model, token, pos, seen, slots[slot:slot + 1], sampling,
-                                noise if noise is None or len(keep) == B else noise[keep_t])
+            # eager steps drop the rows that have ended from the batch (and the KV cache), a quarter of the batch at
+            # a time: a step reads every row's cache, so it then costs what the rows still speaking do
+            if not compiled and (len(keep) - len(going) >= max(1, len(keep) // 4) or not going):
+                at = {j: n for n, j in enumerate(keep)}
+                picked = torch.tensor(rows_of([at[j] for j in going], len(keep)), dtype=torch.long, device=device)
+                model.keep_cache_rows(picked)
+                state = {k: v[picked] for k, v in state.items()}
+                token, keep = token[torch.tensor([at[j] for j in going], dtype=torch.long, device=device)], going
+                keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+                cut = int(state["start"].min()) if keep else 0
+                if cut > 0:  # no row reads the slots before its first: the cache starts at the first one read
+                    edit_cache(model, lambda x: x[:, :, cut:])
+                    state["start"], slot = state["start"] - cut, slot - cut
+            if going and bool((~done & (count < cap)).any()):  # else each row's next yield is its EOA
+                if per_text:  # the rows that have ended draw no more
+                    draw_noise(noise, generator_runs(gens), ended)
+                # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
+                seen = valid if compiled else torch.arange(slot + 1, device=device)[None, :] >= state["start"]
+                token = decode_step(model, token, positions(slot - state["start"], state), seen,
+                                    torch.arange(slot, slot + 1, device=device), sampling,
+                                    noise if noise is None or keep == list(range(C)) else noise[keep_t])
+                slot += 1
+            running = set(keep)
+            free = [j for j in range(C) if ended[j] and j not in running] if join is not None else []
+            joining = join(free) if free else []
+            if not joining and not keep:
+                break
+            if joining:
+                taken = free[:len(joining)]
+                # a row that has ended draws no more: its generator may be a new row's (a text's next chunk), and
+                # must not join that row's run (generator_runs)
+                gens = [None if e else g for g, e in zip(gens, ended)]
+                for j, (_, _, g, _, m) in zip(taken, joining):
+                    gens[j], cap[j], count[j], done[j] = g if per_text else None, m, 0, False
+                if per_text:
+                    draw_noise(noise, generator_runs(gens), [j not in taken for j in range(C)])
+                specs = [(p, u, a) for p, u, _, a, _ in joining]
+                if not keep:  # a batch anew
+                    token, state, slot = first_tokens(specs, taken, max(len(p) for p, *_ in joining) + int(
+                        cap[taken].max()))
+                    keep = taken
+                    continue
+                main = [block.attn.kv_cache for block in model.blocks]
+                width = main[0].k.shape[2]
+                first, new, P = first_tokens(specs, taken, max(len(p) for p, *_ in joining))
+                front = max(0, P - slot)  # slots to add before the running rows' first, so that the prompts fit
+                end = max(width + front, slot + front + int(cap[taken].max()))  # and after, for the new rows' steps
+                n_rows = len(keep)
+                for block, cache in zip(model.blocks, main):
+                    for name in ("k", "v"):
+                        old, ours = getattr(cache, name), getattr(block.attn.kv_cache, name)
+                        old = F.pad(old, (0, 0, front, end - width - front))
+                        ours = F.pad(ours, (0, 0, slot + front - P, end - slot - front))
+                        setattr(cache, name, both(old, ours, n_rows, len(taken)))
+                    block.attn.kv_cache = cache
+                new["start"] = new["start"] + slot + front - P
+                state = {k: both(v + (front if k == "start" else 0), new[k], n_rows, len(taken))
+                         for k, v in state.items()}
+                token, keep, slot = torch.cat([token, first]), keep + taken, slot + front
     finally:
         model.clear_cache()
+
+
+def edit_cache(model, fn):
+    """Each block's cached keys and values replaced by fn of them (the stream's slots cut, say)."""
+    for block in model.blocks:
+        cache = block.attn.kv_cache
+        cache.k, cache.v = fn(cache.k), fn(cache.v)
 
 
 @torch.no_grad()

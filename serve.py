@@ -7,8 +7,8 @@ Serve a Dirt model over HTTP: OpenAI's /v1/audio/speech, with batching, streamin
 POST /v1/audio/speech takes OpenAI's request ({"model": "dirt", "input": "...", "voice": "default",
 "response_format": "wav"}) plus Dirt's own sampling fields (temperature, top_k, top_p, cfg_scale, max_seconds, seed)
 and "stream": true for audio as it is made. GET /v1/voices lists the voices, GET /health the state, GET / is a page to
-try it. Requests that arrive while a batch is being sampled join it at its next round (between two chunks of text),
-each answered at its own end-of-audio (docs/serving.md: why not at the next step, and what it gains). Each request
+try it. Requests that arrive while a batch is being sampled join it at the next step boundary, each answered at
+its own end-of-audio (docs/serving.md: how, and what it gains). Each request
 samples from its own random stream, so {"input": T, "seed": S} answers what `sample.py --text=T --seed=S` writes,
 whatever else the server is doing; one without a seed gets a fresh one, in the X-Dirt-Seed header. Needs
 `pip install -r requirements-serve.txt`; audio needs the codec (as sample.py; a synthetic-corpus model without one
@@ -51,7 +51,7 @@ globals().update(Sampling.defaults())  # a request's sampling settings when it g
 max_chars = 2000  # the longest input, in characters
 max_concurrent = 64  # requests queued or being spoken at once; one more gets a 503
 max_batch = 32  # rows sampled side by side
-join = True  # requests join the running batch between two rounds of chunks; False: they wait for the next batch
+join = True  # requests join the running batch at the next step boundary; False: they wait for the next batch
 max_queue_wait = 30.0  # seconds a request may wait for its batch to start before it gets a 503
 request_timeout = 120.0  # seconds from arrival to the end of the answer; then a 504 (or a stream cut short)
 codec_config = CONFIG_PATH
@@ -96,9 +96,8 @@ class Batcher:
     One thread samples; requests queue for it. It takes the oldest request and every waiting one that samples the
     same way (one Sampling per batch, as synthesize has; each row has its own seed), up to max_batch, and speaks them
     side by side; each row's tokens go back as they are made, and its answer at its own end-of-audio. Requests that
-    arrive meanwhile join the running batch at its next round (synthesize's join: between two chunks of text, when the
-    KV cache is laid out anew), into the rows that have ended; not between two steps, since generate.stream's KV
-    cache writes every row at one shared slot per step (docs/serving.md).
+    arrive meanwhile join the running batch at the next step boundary, into the rows that have ended (synthesize's
+    join, through generate.stream's: docs/serving.md).
     """
 
     def __init__(self, model):

@@ -117,10 +117,11 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     returns True (a server fails that request alone) and is raised otherwise.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
     seed: each text draws from its own random stream, seeded seed + i for text i (or seed[i], given a list of one
-    per text), through all its chunks, retries and best_of samples (draw_races): a text comes out the same whatever
+    per text), through all its chunks, retries and best_of samples (draw_noise): a text comes out the same whatever
     the texts beside it, so text i here is what synthesize([text], seed=seed + i) gives.
-    join: None, or join(n) -> a list of at most n (text, voice, seed) to add to the batch between two rounds of
-    chunks (serve.py's waiting requests); they are numbered on from len(texts), in order, for on_token.
+    join: None, or join(n) -> a list of at most n (text, voice, seed) to add to the batch (serve.py's waiting
+    requests): at the next step boundary when streaming (generate.stream's join), else between two rounds of
+    chunks; they are numbered on from len(texts), in order, for on_token.
     strict: a chunk that ends without speech, or far sooner than the speech before it (missing_speech), is sampled
     again, and after RETRIES more tries raises SpeechMissing instead of coming back short; strict=False keeps it
     as it came (eval.py scores short outputs as the errors they are).
@@ -162,59 +163,41 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     for text, voice, s in zip(texts, voices or [None] * len(texts), seeds):
         add(text, voice, s)
 
+    def next_chunk(i):
+        """Text i's next chunk as a row: (prompt, unconditional prompt, anchor, the most tokens it may take)."""
+        k = len(outputs[i])
+        # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
+        # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a voice
+        # prompt does
+        room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
+        prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
+                                     (b"", empty))
+        text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
+        prompt = make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))
+        most = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - len(prompt))
+        if most < 1:
+            raise ValueError(f"text does not fit this model's block_size {block}")
+        # new speech starts at the space
+        return (prompt, make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)),
+                len(prev_text) if len(prev_audio) else None, most)
+
+    def record(i, audio, anchor):
+        """Text i's next chunk came back as audio."""
+        k = len(outputs[i])
+        outputs[i].append(audio)
+        # a continuation speaks the space before its text too: as a prompt, its text must hold that space, or its
+        # audio runs a byte ahead of its text and the next chunk repeats the end of it
+        spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], audio))
+
     def speak(active):
         """The next chunk of each text in active, in one batch: {text: (audio ids, its anchor, the most it could
         say)}."""
-        prompts, unconds, anchors = [], [], []
-        at = {i: len(outputs[i]) for i in active}  # which chunk of each text
-        for i in active:
-            k = at[i]
-            # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
-            # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a
-            # voice prompt does
-            room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
-            prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
-                                         (b"", empty))
-            text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
-            prompts += [make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))] * best_of
-            anchors += [len(prev_text) if len(prev_audio) else None] * best_of  # new speech starts at the space
-            unconds += [make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio))] * best_of
-        longest = max(len(p) for p in prompts)
-        max_new = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - longest)
-        if max_new < 1:
-            raise ValueError(f"text does not fit this model's block_size {block}")
+        rows = [next_chunk(i) for i in active for _ in range(best_of)]
+        prompts, unconds, anchors, most = (list(x) for x in zip(*rows))
         args = dict(generators=[generators[i] for i in active for _ in range(best_of)],
                     uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
                     decode_step=decode_step, anchors=anchors)
-        if on_token is None:
-            audio = generate(model, prompts, max_new, sampling, **args)
-        else:  # streaming: hand each row's tokens on as soon as they are sampled, and each text's end at its own
-            steps, live = [[] for _ in active], set(range(len(active)))
-            last = {j for j, i in enumerate(active) if at[i] == len(chunks[i]) - 1}  # rows whose text ends here
-            for token in stream(model, prompts, max_new, sampling, **args):
-                for j, t in enumerate(token.tolist()):
-                    if j not in live:
-                        continue
-                    if t == EOA:
-                        live.discard(j)
-                        i = active[j]
-                        problem = strict and missing_speech(model, steps[j], chunks[i], at[i], spoken[i], i, 1)
-                        if problem:  # handed on already, so not sampled again: the text fails, its batch goes on
-                            dropped.add(i)
-                            if on_token(i, SpeechMissing(problem)) is not True:
-                                raise SpeechMissing(problem)
-                        elif j in last:
-                            on_token(i, None)
-                    else:
-                        steps[j].append(t)
-                        if on_token(active[j], t) is False:
-                            live.discard(j)
-                            dropped.add(active[j])
-                if not live:
-                    break
-            for j in live & last:  # ran to max_new without an end-of-audio
-                on_token(active[j], None)
-            audio = [torch.tensor(s, dtype=torch.long) for s in steps]
+        audio = generate(model, prompts, most, sampling, **args)
         if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
             # a sample scores its end too (a run-on, a missing one), where the row has room for it
             ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
@@ -226,12 +209,61 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
             # wrong against the first alone (docs/results.md)
             rows = [j for j, a in enumerate(anchors) if a is not None]
             no_audio = torch.zeros(0, dtype=torch.long)
-            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][at[active[j // best_of]]]),
+            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][len(outputs[active[j // best_of]])]),
                                  no_audio) for j in rows]
             for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
                 scores[j].append(s)
             audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
-        return {i: (a.cpu().numpy(), anchor, max_new) for i, a, anchor in zip(active, audio, anchors[::best_of])}
+        return {i: (a.cpu().numpy(), anchor, m) for i, a, anchor, m in zip(active, audio, anchors[::best_of],
+                                                                          most[::best_of])}
+
+    def speak_streamed(active):
+        """
+        Streaming: every chunk of each text in active, in one running batch (generate.stream's join): a text's next
+        chunk joins as soon as its last has ended, and texts that came meanwhile (join) take the free rows. Each
+        token goes to on_token as soon as it is sampled; chunks are not sampled again (what was handed on is said).
+        """
+        text_of, steps, pending, stop = {}, {}, [], set()  # per row: its text and anchor, its tokens; texts due
+
+        def row(j, i):
+            prompt, uncond, anchor, most = next_chunk(i)
+            text_of[j], steps[j] = (i, anchor), []
+            return prompt, uncond, generators[i], anchor, most
+
+        def more(free):
+            texts = [pending.pop(0) for _ in range(min(len(free), len(pending)))]
+            if join and len(texts) < len(free):  # texts that came meanwhile take the free rows
+                texts += [add(*request) for request in join(len(free) - len(texts))]
+            return [row(j, i) for j, i in zip(free, texts)]
+
+        first = [row(j, i) for j, i in enumerate(active)]
+        prompts, unconds, gens, anchors, most = (list(x) for x in zip(*first))
+        for token in stream(model, prompts, most, sampling, gens, unconds if sampling.cfg_scale != 1.0 else None,
+                            decode_step, anchors, join=more, capacity=batch_size, stop=stop):
+            for j, t in enumerate(token.tolist()):
+                if j not in text_of:
+                    continue
+                i, anchor = text_of[j]
+                if t != EOA:
+                    steps[j].append(t)
+                    if on_token(i, t) is False:
+                        dropped.add(i)
+                        stop.add(j)
+                        del text_of[j]
+                    continue
+                del text_of[j]
+                k = len(outputs[i])
+                problem = strict and missing_speech(model, steps[j], chunks[i], k, spoken[i], i, 1)
+                if problem:  # handed on already, so not sampled again: the text fails, its batch goes on
+                    dropped.add(i)
+                    if on_token(i, SpeechMissing(problem)) is not True:
+                        raise SpeechMissing(problem)
+                    continue
+                record(i, np.asarray(steps[j], dtype=np.int64), anchor)
+                if len(outputs[i]) < len(chunks[i]):
+                    pending.append(i)
+                else:
+                    on_token(i, None)
 
     def unsaid(group):
         return [i for i in group if len(outputs[i]) < len(chunks[i]) and i not in dropped]
@@ -246,22 +278,21 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
                 group, todo = group + joined, todo + joined
             if not todo:
                 break
+            if on_token is not None:  # every chunk of these texts, and of those that join meanwhile
+                speak_streamed(todo)
+                continue
             # a chunk that comes back without its speech is sampled again (a slip), up to RETRIES times, then said
-            for attempt in range(1 + (RETRIES if strict and on_token is None else 0)):
+            for attempt in range(1 + (RETRIES if strict else 0)):
                 said, todo = speak(todo), []
                 for i, (a, anchor, max_new) in said.items():
                     k = len(outputs[i])
-                    problem = (strict and i not in dropped and len(a) < max_new
-                               and missing_speech(model, a, chunks[i], k, spoken[i], i))
-                    if problem and attempt < RETRIES and on_token is None:
+                    problem = strict and len(a) < max_new and missing_speech(model, a, chunks[i], k, spoken[i], i)
+                    if problem and attempt < RETRIES:
                         todo.append(i)
                         continue
                     if problem:
                         raise SpeechMissing(problem)
-                    outputs[i].append(a)
-                    # a continuation speaks the space before its text too: as a prompt, its text must hold that
-                    # space, or its audio runs a byte ahead of its text and the next chunk repeats the end of it
-                    spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], a))
+                    record(i, a, anchor)
                 if not todo:
                     break
     return [np.concatenate(o) if o else empty for o in outputs]

@@ -4,7 +4,8 @@ batching and sampling, the optimizers."""
 import pytest
 import torch
 
-from generate import Sampling, decode_and_sample, decode_one_token, generate, prefill, sample_audio_token
+import generate as generate_module
+from generate import Sampling, decode_and_sample, decode_one_token, generate, pick, prefill, sample_audio_token
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
 from model import packed_layout, stream_positions, text_to_tokens
 from optim import Muon, adamw, configure_optimizers
@@ -240,6 +241,27 @@ def test_top_k_one_is_greedy_and_top_p_keeps_the_head():
     greedy = sample_audio_token(model, h, Sampling(temperature=0))
     assert torch.equal(sample_audio_token(model, h, Sampling(temperature=1.0, top_k=1)), greedy)
     assert torch.equal(sample_audio_token(model, h, Sampling(temperature=1.0, top_p=1e-6)), greedy)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.3, top_p=0), dict(temperature=0.7, top_p=0.8),
+                                dict(temperature=1.0, top_k=5, top_p=1), dict(temperature=0.9, top_k=8, top_p=0.5),
+                                dict(temperature=0.5, top_p=0.99)])
+def test_pick_draws_from_the_cut_distribution(kw, monkeypatch):
+    """pick's inverse-CDF draws against the distribution they should follow: top-k, then the smallest set of most
+    likely classes whose mass reaches top_p, renormalised; nothing outside it ever comes out. Rows whose nucleus
+    holds more than the NUCLEUS_HEAD classes pick looks at first (top_p=0.99) are sorted whole."""
+    torch.manual_seed(0)
+    logits, n, sampling = torch.randn(1, 30) * 0.6, 200_000, Sampling(**kw)
+    monkeypatch.setattr(generate_module, "NUCLEUS_HEAD", 16)
+    got = pick(logits.expand(n, -1), sampling, torch.rand(n)).bincount(minlength=30).float() / n
+    z, order = (logits[0] / sampling.temperature).sort(descending=True)
+    keep = torch.arange(30) < (sampling.top_k or 30)
+    p = z.masked_fill(~keep, float("-inf")).softmax(-1)  # top-k, renormalised, then the nucleus
+    if 0 < sampling.top_p < 1:
+        keep &= p.cumsum(0) - p <= sampling.top_p
+    want = torch.zeros(30).index_put_((order[keep],), p[keep] / p[keep].sum())
+    assert 1 < int(keep.sum()) < 30 or not (sampling.top_k or 0 < sampling.top_p < 1)
+    assert (got[want == 0] == 0).all() and (got - want).abs().max() < 0.005  # ~5 standard errors at most
 
 
 def test_generate_respects_block_size():

@@ -1,10 +1,9 @@
 """
 The reshape that split model.py into model.py / generate.py / optim.py changed where code lives, not what it does:
 sampling gives the same tokens and training the same loss curve as before it. The fixtures were recorded with
-commit d139243 (the last before the split) by the same calls as below, except "sampled" and "best_of", re-recorded
-when each text got its own random stream (generate.draw_races; their batches hold three texts, which had shared one
-stream), and "sampled_alone", recorded with f7e635c (the last commit with one stream per batch): a text sampled alone
-draws exactly as it did then.
+commit d139243 (the last before the split) by the same calls as below, except the sampled cases ("sampled",
+"best_of", "sampled_alone"), re-recorded when sampling became an inverse-CDF draw, one uniform per stage from each
+text's own stream (generate.pick, draw_noise), instead of an exponential race over every class.
 """
 
 import json

@@ -299,7 +299,7 @@ def test_compiled_decode_step_speaks_as_the_eager_one(trained):
     compiled = synthesize(model, texts, greedy, decode_step=step)
     for a, b in zip(eager, compiled):
         assert np.array_equal(a, b)
-    # sampling runs in the compiled step too, from each text's own draws (draw_races), given to the graph as input
+    # sampling runs in the compiled step too, from each text's own draws (draw_noise), given to the graph as input
     sampling = Sampling(max_seconds=2, temperature=1.0)
     sampled = [synthesize(model, texts, sampling, decode_step=step) for _ in range(2)] + [synthesize(model, texts,
                                                                                                      sampling)]
