@@ -266,9 +266,8 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     decode_step = decode_step or decode_and_sample
     C = max(B, capacity)
     gens = (list(generators) if per_text else [None] * B) + [None] * (C - B)  # per row: its random stream
-    cap = torch.tensor(caps + [0] * (C - B), device=device)
-    count = torch.zeros(C, dtype=torch.long, device=device)  # tokens yielded, per row
-    done = torch.tensor([False] * B + [True] * (C - B), device=device)
+    left = caps + [0] * (C - B)  # per row: how many more tokens it may take
+    done = [False] * B + [True] * (C - B)  # per row: its end yielded (or never used, or stopped)
     noise = torch.empty(C, DRAWS, device=device) if per_text else None
     never = cfg.block_size  # an anchor offset no row reaches
 
@@ -282,9 +281,8 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
         lengths = torch.tensor([len(p) for p in rows], device=device)[:, None]
         P = int(lengths.max())
         for (p, _, _), j in zip(specs, rows_at):  # (an unconditional prompt is its prompt without the text)
-            if len(p) + int(cap[j]) > cfg.block_size:
-                raise ValueError(f"prompt ({len(p)}) + max_new_tokens ({int(cap[j])}) exceeds block_size "
-                                 f"{cfg.block_size}")
+            if len(p) + left[j] > cfg.block_size:
+                raise ValueError(f"prompt ({len(p)}) + max_new_tokens ({left[j]}) exceeds block_size {cfg.block_size}")
         idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
         for i, p in enumerate(rows):
             idx[i, P - len(p):] = p.to(device)
@@ -310,6 +308,11 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
         return stream_positions(offset, state["soa"], cfg.audio_pos_rate, cfg.align_audio_pos,
                                 state["anchor_at"] if anchored else None, state["anchor_byte"] if anchored else None)
 
+    def layout(state, width):
+        """For a cache width slots wide: per model row, its position at each slot and the slots it may read."""
+        slots = torch.arange(width, device=device)
+        return slots, positions(slots - state["start"], state), slots[None, :] >= state["start"]
+
     def rows_of(kept, n):  # the model rows of rows kept (places in a batch of n): conditional, then unconditional
         return kept + [r + n for r in kept] if guided else kept
 
@@ -317,7 +320,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
         return torch.cat([a[:n_a], b[:n_b], a[n_a:], b[n_b:]]) if guided else torch.cat([a, b])
 
     if per_text:
-        draw_noise(noise, generator_runs(gens), done.tolist())
+        draw_noise(noise, generator_runs(gens), done)
     specs = list(zip(prompts, uncond_prompts if guided else [None] * B, anchors or [None] * B))
     P = max(len(p) for p, u, _ in specs for p in ([p, u] if guided else [p]))
     total = P + max(caps)
@@ -326,19 +329,23 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     try:
         token, state, slot = first_tokens(specs, list(range(B)), total)  # slot: where the next step writes
         keep = list(range(B))  # the rows in the batch, in order (compiled steps: all of them, always)
-        valid = torch.arange(total, device=device)[None, :] >= state["start"]  # compiled steps: one static shape
+        keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+        slots, pos_all, valid = layout(state, total)
         while True:
-            keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-            out = torch.full((C,), EOA, device=device).index_copy(0, keep_t, token)
-            out = torch.where(done | (count >= cap), EOA, out)
-            count += out != EOA
-            done |= out == EOA
+            out = [EOA] * C
+            for j, t in zip(keep, token.tolist()):
+                if not done[j] and t != EOA and left[j] > 0:
+                    out[j], left[j] = t, left[j] - 1
+                else:  # its end (or, past its max_new_tokens, an EOA in place of its next token)
+                    done[j] = True
+            out = torch.tensor(out, dtype=torch.long, device=device)
             yield out
             token = out[keep_t]  # a new tensor (a compiled step's output is overwritten by its next replay)
+            for j in stop or ():
+                done[j] = True
             if stop:
-                done[torch.tensor(sorted(stop), dtype=torch.long, device=device)] = True
                 stop.clear()
-            ended = done.tolist()
+            ended = list(done)
             going = [j for j in keep if not ended[j]]
             if not going and join is None:
                 break
@@ -355,13 +362,14 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                 if cut > 0:  # no row reads the slots before its first: the cache starts at the first one read
                     edit_cache(model, lambda x: x[:, :, cut:])
                     state["start"], slot = state["start"] - cut, slot - cut
-            if going and bool((~done & (count < cap)).any()):  # else each row's next yield is its EOA
+                if keep:
+                    slots, pos_all, valid = layout(state, model.blocks[0].attn.kv_cache.k.shape[2])
+            if any(left[j] > 0 for j in going):  # else each row's next yield is its EOA
                 if per_text:  # the rows that have ended draw no more
                     draw_noise(noise, generator_runs(gens), ended)
                 # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
-                seen = valid if compiled else torch.arange(slot + 1, device=device)[None, :] >= state["start"]
-                token = decode_step(model, token, positions(slot - state["start"], state), seen,
-                                    torch.arange(slot, slot + 1, device=device), sampling,
+                token = decode_step(model, token, pos_all[:, slot:slot + 1], valid if compiled else valid[:, :slot + 1],
+                                    slots[slot:slot + 1], sampling,
                                     noise if noise is None or keep == list(range(C)) else noise[keep_t])
                 slot += 1
             running = set(keep)
@@ -375,20 +383,22 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                 # must not join that row's run (generator_runs)
                 gens = [None if e else g for g, e in zip(gens, ended)]
                 for j, (_, _, g, _, m) in zip(taken, joining):
-                    gens[j], cap[j], count[j], done[j] = g if per_text else None, m, 0, False
+                    gens[j], left[j], done[j] = g if per_text else None, m, False
                 if per_text:
                     draw_noise(noise, generator_runs(gens), [j not in taken for j in range(C)])
                 specs = [(p, u, a) for p, u, _, a, _ in joining]
+                most = max(left[j] for j in taken)
                 if not keep:  # a batch anew
-                    token, state, slot = first_tokens(specs, taken, max(len(p) for p, *_ in joining) + int(
-                        cap[taken].max()))
-                    keep = taken
+                    width = max(len(p) for p, *_ in joining) + most
+                    token, state, slot = first_tokens(specs, taken, width)
+                    keep, keep_t = taken, torch.tensor(taken, dtype=torch.long, device=device)
+                    slots, pos_all, valid = layout(state, width)
                     continue
                 main = [block.attn.kv_cache for block in model.blocks]
                 width = main[0].k.shape[2]
                 first, new, P = first_tokens(specs, taken, max(len(p) for p, *_ in joining))
                 front = max(0, P - slot)  # slots to add before the running rows' first, so that the prompts fit
-                end = max(width + front, slot + front + int(cap[taken].max()))  # and after, for the new rows' steps
+                end = max(width + front, slot + front + most)  # and after, for the new rows' steps
                 n_rows = len(keep)
                 for block, cache in zip(model.blocks, main):
                     for name in ("k", "v"):
@@ -401,6 +411,8 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                 state = {k: both(v + (front if k == "start" else 0), new[k], n_rows, len(taken))
                          for k, v in state.items()}
                 token, keep, slot = torch.cat([token, first]), keep + taken, slot + front
+                keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+                slots, pos_all, valid = layout(state, end)
     finally:
         model.clear_cache()
 

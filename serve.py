@@ -30,6 +30,7 @@ import urllib.parse
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable,
                    StreamingDecoder, pcm16)
@@ -59,6 +60,9 @@ codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture, not speech)
 audio = "auto"  # answer audio through the codec: auto = when the codec loads, yes = required, no = tokens only
 device = default_device()
 dtype = default_dtype()  # of the weights and the KV cache
+# torch's CPU threads for sampling; 0 = torch's default (every core). The server's HTTP work shares the cores: on
+# the 2-core dev box 1 thread served 35% more tokens/s, alone and under load (docs/serving.md)
+threads = 0
 # -----------------------------------------------------------------------------
 FORMATS = {"wav": ("audio/wav", "WAV", "PCM_16"), "flac": ("audio/flac", "FLAC", "PCM_16"),
            "mp3": ("audio/mpeg", "MP3", "MPEG_LAYER_III"), "pcm": ("audio/L16; rate=16000; channels=1", None, None),
@@ -434,6 +438,10 @@ if __name__ == "__main__":
         for name in ("max_chars", "max_concurrent", "max_batch", "max_queue_wait", "request_timeout", "port"):
             if not globals()[name] > 0:
                 raise ValueError(f"--{name} must be above 0")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"--threads={threads!r}: use 0 (torch's default) or a number of threads")
+        if threads:
+            torch.set_num_threads(threads)
         with socket.socket() as s:  # a taken port is a one-line error now, not uvicorn's traceback later
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closed one's TIME_WAIT is fine
             try:

@@ -177,9 +177,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
         most = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - len(prompt))
         if most < 1:
             raise ValueError(f"text does not fit this model's block_size {block}")
-        # new speech starts at the space
         return (prompt, make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)),
-                len(prev_text) if len(prev_audio) else None, most)
+                len(prev_text) if len(prev_audio) else None, most)  # anchor: the new speech starts at the space
 
     def record(i, audio, anchor):
         """Text i's next chunk came back as audio."""
@@ -209,8 +208,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
             # wrong against the first alone (docs/results.md)
             rows = [j for j, a in enumerate(anchors) if a is not None]
             no_audio = torch.zeros(0, dtype=torch.long)
-            alone = [make_prompt(text_to_tokens(b" " + chunks[active[j // best_of]][len(outputs[active[j // best_of]])]),
-                                 no_audio) for j in rows]
+            chunk = {i: chunks[i][len(outputs[i])] for i in active}  # the chunk each text says now
+            alone = [make_prompt(text_to_tokens(b" " + chunk[active[j // best_of]]), no_audio) for j in rows]
             for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
                 scores[j].append(s)
             audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]

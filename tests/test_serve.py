@@ -308,7 +308,7 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     taken.listen()
     for args, needle in [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
                          ([f"--voices={tmp_path}/long"], "--voices: long: the voice prompt leaves too little room"),
-                         (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"),
+                         (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
                          ([f"--port={taken.getsockname()[1]}"], "pick another --port")]:
         flags = [f"--out_dir={out_dir}"] if not args[0].startswith("--out_dir") else []
         one_line_error(run("serve.py", *flags, *args, "--audio=no", cwd=work, check=False), needle)
