@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import socket
-import sys
 import threading
 import time
 import traceback

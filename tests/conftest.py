@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny synthetic corpus and a tiny trained run, made once per test session."""
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -22,6 +23,13 @@ def run(script, *args, cwd, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_many(commands, cwd):
+    """run() each command ((script, *args)) two at a time, check=False: a command that fails at once spends most of
+    its time importing torch, on one core. -> the CompletedProcesses, in order."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda command: run(*command, cwd=cwd, check=False), commands))
 
 
 def one_line_error(proc, *needles):

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 
-from conftest import ROOT, TINY, run
+from conftest import ROOT, TINY, run_many
 
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 
@@ -102,9 +102,8 @@ def cases(work, out_dir, bad):
 
 def test_each_bad_input_is_one_line_before_any_work(files, tmp_path):
     work, out_dir, bad = files
-    failures = []
-    for args, start, created in cases(work, out_dir, bad):
-        proc = run(*args, cwd=tmp_path, check=False)
+    failures, todo = [], cases(work, out_dir, bad)
+    for (args, start, created), proc in zip(todo, run_many([args for args, _, _ in todo], tmp_path)):
         lines = proc.stderr.strip().splitlines()
         ok = (proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1
               and lines[0].startswith(start) and not any(os.path.exists(tmp_path / p) for p in created))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run
+from conftest import ROOT, one_line_error, run, run_many
 
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 
@@ -86,8 +86,8 @@ def test_bad_input_gets_one_line_errors(trained, tmp_path):
         (("train.py", CONFIG, "--mark_borders=True"), ("mark_borders=True needs anchor_continuations=True",)),
         (("prepare.py", "--dataset=librispeech"), ("unknown dataset",)),
     ]
-    for args, needles in cases:
-        one_line_error(run(*args, cwd=work, check=False), *needles)
+    for (args, needles), proc in zip(cases, run_many([args for args, _ in cases], work)):
+        one_line_error(proc, *needles)
 
 
 @pytest.mark.parametrize("args,message", [

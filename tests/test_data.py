@@ -2,12 +2,11 @@
 
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line_error, run
+from conftest import ROOT, one_line_error, run, run_many
 from data import (CorpusError, Shards, get_batch, get_packed_batch, length_sorted_rows, utterance_stream, write_meta,
                   write_split)
 from synthetic import SyntheticSpeech, synthetic_corpus
@@ -319,9 +318,7 @@ def test_corrupt_corpus_stops_train_and_eval_in_one_line(trained, tmp_path):
         commands += [(("train.py", os.path.join(ROOT, "config", "train_synthetic.py"), f"--data_dir={data}",
                        "--max_iters=1", f"--out_dir={tmp_path}/out{n}"), needle),
                      (("eval.py", f"--out_dir={out_dir}", f"--data_dir={data}", "--n=2"), needle)]
-    with ThreadPoolExecutor(2) as pool:  # two at a time: each spends most of its time importing torch
-        procs = list(pool.map(lambda c: run(*c[0], cwd=work, check=False), commands))
-    for (args, needle), proc in zip(commands, procs):
+    for (args, needle), proc in zip(commands, run_many([args for args, _ in commands], work)):
         one_line_error(proc, needle, "re-run prepare.py")
     assert not [f for f in os.listdir(tmp_path) if f.startswith("out")]  # train.py made no out_dir
     assert {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)} == before

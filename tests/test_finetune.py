@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY, one_line_error, read_log, run
+from conftest import ROOT, TINY, one_line_error, read_log, run, run_many
 from data import load_model
 from generate import Sampling
 from speak import synthesize
@@ -99,6 +99,6 @@ def test_export_and_fine_tuning_mistakes_are_one_line(exported, tmp_path):
          "--freeze_layers=3 is out of range"),
         (("train.py", CONFIG, *TINY, "--freeze_layers=1", f"--out_dir={tmp_path}/o"), "--init_from=<a model>"),
     ]
-    for args, needle in cases:
-        one_line_error(run(*args, cwd=work, check=False), needle)
+    for (args, needle), proc in zip(cases, run_many([args for args, _ in cases], work)):
+        one_line_error(proc, needle)
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "x")

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, one_line_error, run
+from conftest import ROOT, one_line_error, run, run_many
 
 FIXTURE_CODEC = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
 VOICE_TEXT = "Tell me now."
@@ -306,12 +306,14 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    for args, needle in [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
-                         ([f"--voices={tmp_path}/long"], "--voices: long: the voice prompt leaves too little room"),
-                         (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
-                         ([f"--port={taken.getsockname()[1]}"], "pick another --port")]:
-        flags = [f"--out_dir={out_dir}"] if not args[0].startswith("--out_dir") else []
-        one_line_error(run("serve.py", *flags, *args, "--audio=no", cwd=work, check=False), needle)
+    cases = [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
+             ([f"--voices={tmp_path}/long"], "--voices: long: the voice prompt leaves too little room"),
+             (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
+             ([f"--port={taken.getsockname()[1]}"], "pick another --port")]
+    commands = [("serve.py", *([] if args[0].startswith("--out_dir") else [f"--out_dir={out_dir}"]), *args,
+                 "--audio=no") for args, _ in cases]
+    for (_, needle), proc in zip(cases, run_many(commands, work)):
+        one_line_error(proc, needle)
     taken.close()
 
 
