@@ -233,7 +233,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     row ([rows] LongTensor, EOA once a row is done) as soon as it is sampled.
     Prompts of different lengths are left-padded into one batch: pads are masked out and each row keeps its own
     RoPE positions, so a row's output is the same as when it is sampled alone.
-    max_new_tokens: the most tokens a row may take, one for all or one per prompt.
+    max_new_tokens: the most tokens a row may take, one for all or one per prompt; then it yields EOA.
     Classifier-free guidance (sampling.cfg_scale != 1): uncond_prompts (the same prompts without their text) run in
     the same batch, and logits = uncond + cfg_scale * (cond - uncond) at each stage of the head.
     generators: per prompt, the torch.Generator its draws come from (draw_noise; adjacent prompts may share one: a
@@ -248,7 +248,6 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     running rows are, so it samples what it would alone. The stream ends once no row runs and join brings none.
     stop: None, or a set the caller may add rows to between two yields: they end at once (a client gone), without
     an EOA; the stream empties it.
-    A row that has taken its max_new_tokens yields EOA next.
     """
     cfg = model.config
     device = model.wte.weight.device
@@ -322,8 +321,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     if per_text:
         draw_noise(noise, generator_runs(gens), done)
     specs = list(zip(prompts, uncond_prompts if guided else [None] * B, anchors or [None] * B))
-    P = max(len(p) for p, u, _ in specs for p in ([p, u] if guided else [p]))
-    total = P + max(caps)
+    total = max(len(p) for p in list(prompts) + list(uncond_prompts if guided else [])) + max(caps)
     if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
         total = max(total, min(cfg.block_size, -(-total // 256) * 256))
     try:
