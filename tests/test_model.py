@@ -264,6 +264,46 @@ def test_pick_draws_from_the_cut_distribution(kw, monkeypatch):
     assert (got[want == 0] == 0).all() and (got - want).abs().max() < 0.005  # ~5 standard errors at most
 
 
+def test_stream_rows_join_stop_and_end_at_their_own_caps():
+    """generate.stream's continuous batching: rows joining at step boundaries (into rows that ended, and the yields'
+    spare width), each row's own max_new_tokens, a row stopped by its caller; every row says what it says alone."""
+    model = tiny(align_audio_pos=True, audio_pos_rate=0.57)
+    texts = ["hi", "a longer prompt here", "x", "mid", "zz"]
+    prompts = [make_prompt(text_to_tokens(t)) for t in texts]
+    sampling = Sampling(temperature=1.0)
+    gens = lambda i: torch.Generator().manual_seed(10 + i)  # noqa: E731
+    alone = [generate(model, [p], cap, sampling, [gens(i)])[0].tolist()
+             for i, (p, cap) in enumerate(zip(prompts, [6, 9, 12, 7, 9]))]
+    waiting, rows, got, stop, step = [2, 3, 4], {0: 0, 1: 1}, {}, set(), 0
+
+    def join(free):
+        if step < 3 or not waiting:  # the first joins after a few steps, into the spare rows
+            return []
+        new = []
+        for j in free[:2]:
+            i = waiting.pop(0)
+            rows[j] = i
+            new.append((prompts[i], None, gens(i), None, [6, 9, 12, 7, 9][i]))
+            if not waiting:
+                break
+        return new
+
+    for token in generate_module.stream(model, prompts[:2], [6, 9], sampling, [gens(0), gens(1)], join=join,
+                                        capacity=3, stop=stop):
+        step += 1
+        for j, t in enumerate(token.tolist()):
+            i = rows.get(j)
+            if i is None or t == EOA:
+                rows.pop(j, None)
+                continue
+            got.setdefault(i, []).append(t)
+            if i == 4 and len(got[4]) == 2:
+                stop.add(j)  # its caller goes away
+                rows.pop(j)
+    assert [got[i] for i in range(4)] == alone[:4] and got[4] == alone[4][:2] and not waiting
+    assert [len(a) for a in alone] == [6, 9, 12, 7, 9]  # each ran to its own cap (a flat random model: no EOA)
+
+
 def test_generate_respects_block_size():
     model = tiny()
     with pytest.raises(ValueError, match="block_size"):

@@ -185,14 +185,15 @@ def test_each_text_samples_from_its_own_seed_whatever_its_batch_mates(trained, t
     assert np.array_equal(both[1], np.load(tmp_path / "second" / "000.npy"))
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_texts_that_join_a_running_batch_and_stream_say_what_they_say_alone(trained, temperature):
-    """synthesize(join=...), as serve.py uses it: texts added between rounds of chunks, each streamed with its own end
-    and dropped when its on_token says so, come out as each does alone (greedy, or sampled with its own seed),
-    whatever the voices beside them and whenever they joined."""
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1.0),
+                                      dict(temperature=1.0, cfg_scale=1.5)])
+def test_texts_that_join_a_running_batch_and_stream_say_what_they_say_alone(trained, settings):
+    """synthesize(join=...), as serve.py uses it: texts (and a long text's next chunks) that join the running batch
+    at a step boundary, each streamed with its own end and dropped when its on_token says so, come out as each does
+    alone (greedy, sampled with its own seed, guided), whatever the voices beside them and whenever they joined."""
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
-    greedy = Sampling(max_seconds=2, temperature=temperature)
+    greedy = Sampling(max_seconds=2, **settings)
     voice = (b"Tell me now.", np.arange(15) * 11)
     first = [b"We met at the old station. It was late. Nobody else was there.", b"Go."]  # 3 chunks; 1
     later = [(b"Call me tomorrow.", voice, 5), (b"Sit down here.", None, 6), (b"Drop me.", None, 7)]  # 2, 3, 4
@@ -212,7 +213,7 @@ def test_texts_that_join_a_running_batch_and_stream_say_what_they_say_alone(trai
         alone = synthesize(model, [text], greedy, seed=3 + i, voices=[v], strict=False)[0]
         assert np.array_equal(out[i], alone) and got.get(i, []) == alone.tolist(), i
     assert len(got[4]) == 3 and 4 not in ended and sorted(ended) == [0, 1, 2, 3]
-    assert len(out) == 5 and not later  # batch_size 3: 2 joined the first round, 3 and 4 the second
+    assert len(out) == 5 and not later  # batch_size 3: 2 joined at once, 3 and 4 as rows came free
 
 
 def test_streaming_decoder_is_seamless():
