@@ -84,9 +84,16 @@ def needs(*modules):
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
-    """The server with the stand-in codec and one named voice (codec ids + transcript); yields (url, log, folder)."""
+    """
+    The server with the stand-in codec and two named voices (codec ids + transcript; a recording); yields (url, log,
+    folder). DIRT_SERVE_MODEL=<an out_dir> serves that model instead of the session's tiny one, with max_seconds 8:
+    `DIRT_SERVE_MODEL=out-synthetic python -m pytest -q -s tests/test_serve.py -k load_32` gives the main job's
+    figures (docs/serving.md).
+    """
     needs("fastapi", "uvicorn", "stable_codec")
     work, out_dir = trained
+    other = os.environ.get("DIRT_SERVE_MODEL")
+    out_dir = os.path.abspath(other) if other else out_dir
     folder = tmp_path_factory.mktemp("serve")
     (folder / "voices").mkdir()
     np.save(folder / "voices" / "anna.npy", np.arange(15) * 11)
@@ -96,7 +103,7 @@ def server(trained, tmp_path_factory):
     (folder / "voices" / "bob.txt").write_text("Call me tomorrow.")
     log = folder / "server.log"
     proc, url = start(work, out_dir, log, f"--voices={folder / 'voices'}", f"--codec_config={FIXTURE_CODEC}",
-                      "--codec_ckpt=", "--max_seconds=2", "--max_chars=300")
+                      "--codec_ckpt=", f"--max_seconds={8 if other else 2}", "--max_chars=300")
     yield url, log, folder
     stop(proc)
     assert "Traceback" not in log.read_text(), log.read_text()
