@@ -11,7 +11,6 @@ from its fields and hand one Sampling object down to the step that uses it.
 from dataclasses import asdict, dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
 from model import EOA, N_COARSE, N_FINE, PAD, SOA, stream_positions
 
@@ -397,16 +396,21 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                 first, new, P = first_tokens(specs, taken, max(len(p) for p, *_ in joining))
                 front = max(0, P - slot)  # slots to add before the running rows' first, so that the prompts fit
                 end = max(width + front, slot + front + most)  # and after, for the new rows' steps
-                n_rows = len(keep)
+                n_rows, n_new = len(keep), len(taken)
                 for block, cache in zip(model.blocks, main):
-                    for name in ("k", "v"):
+                    for name in ("k", "v"):  # one new buffer, each row's slots copied in once
                         old, ours = getattr(cache, name), getattr(block.attn.kv_cache, name)
-                        old = F.pad(old, (0, 0, front, end - width - front))
-                        ours = F.pad(ours, (0, 0, slot + front - P, end - slot - front))
-                        setattr(cache, name, both(old, ours, n_rows, len(taken)))
+                        merged = old.new_zeros(n_rows + n_new if not guided else 2 * (n_rows + n_new), old.shape[1],
+                                               end, old.shape[3])
+                        for half in range(2 if guided else 1):  # conditional rows, then unconditional: old, then new
+                            at = half * (n_rows + n_new)
+                            merged[at:at + n_rows, :, front:front + width] = old[half * n_rows:(half + 1) * n_rows]
+                            merged[at + n_rows:at + n_rows + n_new, :, slot + front - P:slot + front] = \
+                                ours[half * n_new:(half + 1) * n_new]
+                        setattr(cache, name, merged)
                     block.attn.kv_cache = cache
                 new["start"] = new["start"] + slot + front - P
-                state = {k: both(v + (front if k == "start" else 0), new[k], n_rows, len(taken))
+                state = {k: both(v + (front if k == "start" else 0), new[k], n_rows, n_new)
                          for k, v in state.items()}
                 token, keep, slot = torch.cat([token, first]), keep + taken, slot + front
                 keep_t = torch.tensor(keep, dtype=torch.long, device=device)
