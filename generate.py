@@ -351,13 +351,13 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
             if not compiled and (len(keep) - len(going) >= max(1, len(keep) // 4) or not going):
                 at = {j: n for n, j in enumerate(keep)}
                 picked = torch.tensor(rows_of([at[j] for j in going], len(keep)), dtype=torch.long, device=device)
-                model.keep_cache_rows(picked)
+                model.edit_cache(lambda x: x[picked])
                 state = {k: v[picked] for k, v in state.items()}
                 token, keep = token[torch.tensor([at[j] for j in going], dtype=torch.long, device=device)], going
                 keep_t = torch.tensor(keep, dtype=torch.long, device=device)
                 cut = int(state["start"].min()) if keep else 0
                 if cut > 0:  # no row reads the slots before its first: the cache starts at the first one read
-                    edit_cache(model, lambda x: x[:, :, cut:])
+                    model.edit_cache(lambda x: x[:, :, cut:])
                     state["start"], slot = state["start"] - cut, slot - cut
                 if keep:
                     slots, pos_all, valid = layout(state, model.blocks[0].attn.kv_cache.k.shape[2])
@@ -417,13 +417,6 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                 slots, pos_all, valid = layout(state, end)
     finally:
         model.clear_cache()
-
-
-def edit_cache(model, fn):
-    """Each block's cached keys and values replaced by fn of them (the stream's slots cut, say)."""
-    for block in model.blocks:
-        cache = block.attn.kv_cache
-        cache.k, cache.v = fn(cache.k), fn(cache.v)
 
 
 @torch.no_grad()

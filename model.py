@@ -498,11 +498,12 @@ class GPT(nn.Module):
             a = block.attn
             a.kv_cache = KVCache(batch_size, max_len, a.n_kv_head, a.head_dim, dtype, device)
 
-    def keep_cache_rows(self, rows):
-        """Keep only these rows (a LongTensor of indices) of the KV cache: the batch goes on without the others."""
+    def edit_cache(self, fn):
+        """Each block's cached keys and values replaced by fn of them ([B, heads, slots, dim]): generation keeps some
+        rows (x[rows]) or cuts slots no row reads (x[:, :, cut:])."""
         for block in self.blocks:
             cache = block.attn.kv_cache
-            cache.k, cache.v = cache.k[rows], cache.v[rows]
+            cache.k, cache.v = fn(cache.k), fn(cache.v)
 
     def clear_cache(self):
         for block in self.blocks:
