@@ -65,23 +65,54 @@ def prefill(model, idx, pos, valid, P, anchor=None):
     return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device), anchor=anchor)[:, -1]
 
 
-def decode_one_token(model, token, pos, valid, input_pos):
-    """One step: a single new token per row attends to every filled slot up to input_pos. Returns [B, n_embd]."""
+def decode_one_token(model, token, pos, valid, input_pos, windows=None):
+    """One step: a single new token per row attends to every filled slot up to input_pos. Returns [B, n_embd].
+    windows: None, or runs of rows [(first, end, first slot)] that read the cache from that slot on (row_windows)."""
     slots = torch.arange(valid.shape[1], device=token.device)
     mask = (valid & (slots[None, :] <= input_pos))[:, None, None, :]  # [B, 1, 1, S]
-    return model(token, pos=pos, mask=mask, input_pos=input_pos)[:, -1]
+    return model(token, pos=pos, mask=mask, input_pos=input_pos, windows=windows)[:, -1]
 
 
-def decode_and_sample(model, token, pos, valid, input_pos, sampling, noise=None):
+# an attention call's fixed cost, in cache slots of one row read (~10 us against ~33 ns a slot on the dev CPU); one
+# run of 100, 300, 1,000 or all rows in one call on the load test's mix: 1.37, 1.37, 1.41, 1.50 s (docs/results.md)
+WINDOW_CALL = 300
+
+
+def row_windows(starts, call):
+    """
+    The runs of adjacent rows whose attention reads the KV cache from their earliest row's first slot on: [(first
+    row, end row, first slot)], for rows that start at starts (a list). A step's attention costs about what it reads:
+    rows of a running batch that joined late read far fewer slots than the oldest (the span of the longest row
+    still running) when they read their own run's; each run is one more attention call, costing call slots' reads.
+    Cut where the slots read plus the calls cost least (every row reads up to the same slot, so which slot that is
+    does not move the best cut): a dynamic programme over the cut points, O(rows^2), once per change of the batch.
+    """
+    n = len(starts)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        first = float("inf")
+        for a in range(end - 1, -1, -1):  # the run a..end reads from its lowest start
+            first = min(first, starts[a])
+            cost = best[a] + call - (end - a) * first
+            if cost < best[end]:
+                best[end], cut[end] = cost, a
+    runs, end = [], n
+    while end:
+        runs.append((cut[end], end, min(starts[cut[end]:end])))
+        end = cut[end]
+    return runs[::-1]
+
+
+def decode_and_sample(model, token, pos, valid, input_pos, sampling, noise=None, windows=None):
     """
     One generation step, the unit sample.py --compile turns into a CUDA graph: feed each row's last token [B] (twice
     under guidance: the conditional rows, then the unconditional), then sample the next one [B]. Sampling in the
     graph too, not only the decode: eager sampling is some 25 small kernel launches, which on a GPU can take longer
     than the whole compiled decode (docs/results.md). noise: as sample_audio_token's; the graph takes the draws of
-    draw_noise as an input (a torch.Generator cannot go into it).
+    draw_noise as an input (a torch.Generator cannot go into it). windows: decode_one_token's (eager steps).
     """
     feed = token.repeat(2) if sampling.cfg_scale != 1.0 else token
-    h = decode_one_token(model, feed[:, None], pos, valid, input_pos)
+    h = decode_one_token(model, feed[:, None], pos, valid, input_pos, windows)
     return sample_audio_token(model, h, sampling, noise)
 
 
@@ -307,9 +338,11 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                                 state["anchor_at"] if anchored else None, state["anchor_byte"] if anchored else None)
 
     def layout(state, width):
-        """For a cache width slots wide: per model row, its position at each slot and the slots it may read."""
+        """For a cache width slots wide: per model row, its position at each slot and the slots it may read; and
+        (eager steps) the runs of rows that read the cache from one slot on (row_windows)."""
         slots = torch.arange(width, device=device)
-        return slots, positions(slots - state["start"], state), slots[None, :] >= state["start"]
+        windows = None if compiled else row_windows(state["start"][:, 0].tolist(), WINDOW_CALL)
+        return slots, positions(slots - state["start"], state), slots[None, :] >= state["start"], windows
 
     def rows_of(kept, n):  # the model rows of rows kept (places in a batch of n): conditional, then unconditional
         return kept + [r + n for r in kept] if guided else kept
@@ -327,7 +360,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
         token, state, slot = first_tokens(specs, list(range(B)), total)  # slot: where the next step writes
         keep = list(range(B))  # the rows in the batch, in order (compiled steps: all of them, always)
         keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-        slots, pos_all, valid = layout(state, total)
+        slots, pos_all, valid, windows = layout(state, total)
         while True:
             out = [EOA] * C
             for j, t in zip(keep, token.tolist()):
@@ -360,14 +393,15 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                     model.edit_cache(lambda x: x[:, :, cut:])
                     state["start"], slot = state["start"] - cut, slot - cut
                 if keep:
-                    slots, pos_all, valid = layout(state, model.blocks[0].attn.kv_cache.k.shape[2])
+                    slots, pos_all, valid, windows = layout(state, model.blocks[0].attn.kv_cache.k.shape[2])
             if any(left[j] > 0 for j in going):  # else each row's next yield is its EOA
                 if per_text:  # the rows that have ended draw no more
                     draw_noise(noise, generator_runs(gens), ended)
                 # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
                 token = decode_step(model, token, pos_all[:, slot:slot + 1], valid if compiled else valid[:, :slot + 1],
                                     slots[slot:slot + 1], sampling,
-                                    noise if noise is None or keep == list(range(C)) else noise[keep_t])
+                                    noise if noise is None or keep == list(range(C)) else noise[keep_t],
+                                    *([] if compiled else [windows]))
                 slot += 1
             running = set(keep)
             free = [j for j in range(C) if ended[j] and j not in running] if join is not None else []
@@ -389,7 +423,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                     width = max(len(p) for p, *_ in joining) + most
                     token, state, slot = first_tokens(specs, taken, width)
                     keep, keep_t = taken, torch.tensor(taken, dtype=torch.long, device=device)
-                    slots, pos_all, valid = layout(state, width)
+                    slots, pos_all, valid, windows = layout(state, width)
                     continue
                 main = [block.attn.kv_cache for block in model.blocks]
                 width = main[0].k.shape[2]
@@ -414,7 +448,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                          for k, v in state.items()}
                 token, keep, slot = torch.cat([token, first]), keep + taken, slot + front
                 keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-                slots, pos_all, valid = layout(state, end)
+                slots, pos_all, valid, windows = layout(state, end)
     finally:
         model.clear_cache()
 

@@ -295,7 +295,7 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.kv_cache = None
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None):
+    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None, windows=None):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
@@ -326,6 +326,11 @@ class Attention(nn.Module):
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
             S = mask.shape[-1]  # the caller's mask may cover only the filled slots: then read no more of the cache
+            if windows is not None:  # runs of rows that read only the slots from their first one: reading the cache
+                y = torch.cat([F.scaled_dot_product_attention(  # is what a step's attention costs
+                    q[a:b], k[a:b, :, lo:S], v[a:b, :, lo:S], attn_mask=mask[a:b, :, :, lo:], enable_gqa=True)
+                    for a, b, lo in windows])
+                return self.proj(y.transpose(1, 2).reshape(B, T, -1))
             k, v = k[:, :, :S], v[:, :, :S]
         if mask is None:  # training: plain causal attention over the whole row
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
@@ -356,8 +361,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos, varlen))
+    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None, windows=None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos, varlen, windows))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -417,7 +422,7 @@ class GPT(nn.Module):
         digits = self.coarse_embed(a // N_FINE) + self.fine_embed(a % N_FINE)
         return x + digits * audio
 
-    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None):
+    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None, windows=None):
         """
         idx [B, T] token ids. targets [B, T] next-token ids with -1 where there is no loss (text, padding).
         With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
@@ -458,7 +463,7 @@ class GPT(nn.Module):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, mask, input_pos, varlen, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, input_pos, varlen)
+                x = block(x, cos, sin, mask, input_pos, varlen, windows)
         x = self.norm(x)
         if targets is None:
             return x

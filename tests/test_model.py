@@ -1,6 +1,9 @@
 """model.py, generate.py and optim.py: shapes, causal masking, packed rows, activation checkpointing, the KV cache,
 batching and sampling, the optimizers."""
 
+import itertools
+import random
+
 import pytest
 import torch
 
@@ -264,9 +267,12 @@ def test_pick_draws_from_the_cut_distribution(kw, monkeypatch):
     assert (got[want == 0] == 0).all() and (got - want).abs().max() < 0.005  # ~5 standard errors at most
 
 
-def test_stream_rows_join_stop_and_end_at_their_own_caps():
+@pytest.mark.parametrize("window_call", [generate_module.WINDOW_CALL, 0])
+def test_stream_rows_join_stop_and_end_at_their_own_caps(window_call, monkeypatch):
     """generate.stream's continuous batching: rows joining at step boundaries (into rows that ended, and the yields'
-    spare width), each row's own max_new_tokens, a row stopped by its caller; every row says what it says alone."""
+    spare width), each row's own max_new_tokens, a row stopped by its caller; every row says what it says alone.
+    window_call 0: every row that starts at a slot of its own reads the cache in an attention call of its own."""
+    monkeypatch.setattr(generate_module, "WINDOW_CALL", window_call)
     model = tiny(align_audio_pos=True, audio_pos_rate=0.57)
     texts = ["hi", "a longer prompt here", "x", "mid", "zz"]
     prompts = [make_prompt(text_to_tokens(t)) for t in texts]
@@ -302,6 +308,25 @@ def test_stream_rows_join_stop_and_end_at_their_own_caps():
                 rows.pop(j)
     assert [got[i] for i in range(4)] == alone[:4] and got[4] == alone[4][:2] and not waiting
     assert [len(a) for a in alone] == [6, 9, 12, 7, 9]  # each ran to its own cap (a flat random model: no EOA)
+
+
+def test_row_windows_cut_where_reading_costs_least():
+    """generate.row_windows: runs of adjacent rows that cover every row once, each reading from its lowest start, at
+    the least cost (slots read plus one call per run) of every way to cut a few rows."""
+    rng = random.Random(0)
+    for _ in range(200):
+        n, call = rng.randint(1, 7), rng.choice([0, 20, 100])
+        starts = [rng.randint(0, 60) for _ in range(n)]
+        runs = generate_module.row_windows(starts, call)
+        assert [a for a, _, _ in runs] == [0] + [b for _, b, _ in runs[:-1]] and runs[-1][1] == n
+        assert all(a < b and lo == min(starts[a:b]) for a, b, lo in runs)
+
+        def cost(runs):  # read up to slot 100
+            return sum(call + (b - a) * (100 - lo) for a, b, lo in runs)
+
+        every = [[(a, b, min(starts[a:b])) for a, b in zip((0, *cuts), (*cuts, n))]
+                 for k in range(n) for cuts in itertools.combinations(range(1, n), k)]
+        assert cost(runs) == min(map(cost, every))
 
 
 def test_generate_respects_block_size():
