@@ -428,8 +428,8 @@ class GPT(nn.Module):
         With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
         Without: returns the final hidden states [B, T, n_embd]; coarse_logits / fine_logits turn them into
         distributions. Generation also passes pos [B, T] (each row's own positions), mask [B, 1, T, S] (which cache
-        slots each query may see) and input_pos [T] (the cache slots written); an eager decode step may pass windows,
-        runs of rows [(first, end, first slot)] whose attention reads the cache from that slot on (generate.row_windows).
+        slots each query may see) and input_pos [T] (the cache slots written); an eager decode step may pass
+        windows, runs of rows [(first, end, first slot)] that read the cache from that slot on (generate.row_windows).
         doc [B, T]: packed training rows (data.get_packed_batch), an utterance per run of equal ids. Each utterance
         gets the positions it has alone and attends only to itself: the row computes what they would one by one.
         anchor [B, T]: continuation anchors (data.py; see GPTConfig.anchor_continuations), or None. They set the
