@@ -76,6 +76,7 @@ def decode_one_token(model, token, pos, valid, input_pos, windows=None):
 # an attention call's fixed cost, in cache slots of one row read (~10 us against ~33 ns a slot on the dev CPU); one
 # run of 100, 300, 1,000 or all rows in one call on the load test's mix: 1.37, 1.37, 1.41, 1.50 s (docs/results.md)
 WINDOW_CALL = 300
+PREFILL_CALL = 32  # a prefill call's fixed cost in prompt tokens (~0.8 ms against ~26 us a token, main-job model, CPU)
 
 
 def row_windows(starts, call):
@@ -86,6 +87,7 @@ def row_windows(starts, call):
     still running) when they read their own run's; each run is one more attention call, costing call slots' reads.
     Cut where the slots read plus the calls cost least (every row reads up to the same slot, so which slot that is
     does not move the best cut): a dynamic programme over the cut points, O(rows^2), once per change of the batch.
+    The same cut, over rows sorted by first slot, groups the prompts prefilled together (call: PREFILL_CALL).
     """
     n = len(starts)
     best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
@@ -326,9 +328,28 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
             anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
             anchor[:, P - 1] = torch.where(anchored[:, 0], state["anchor_byte"][:, 0], -1)
         slots = torch.arange(P, device=device)
+        pos, valid = positions(slots - state["start"], state), slots >= state["start"]  # a prompt sees its own slots
         model.setup_cache(len(rows), total)
-        # the prompt sees the prompt's slots only
-        h = prefill(model, idx, positions(slots - state["start"], state), slots >= state["start"], P, anchor)
+        # rows of similar lengths are prefilled together, each group from its longest prompt's first slot: a join of
+        # a voice prompt's rows and plain texts' would otherwise spend a third of its work on padding
+        starts = [P - len(p) for p in rows]
+        order = sorted(range(len(rows)), key=starts.__getitem__)
+        groups = row_windows([starts[i] for i in order], PREFILL_CALL)
+        if len(groups) == 1:
+            h = prefill(model, idx, pos, valid, P, anchor)
+        else:
+            full, h = [block.attn.kv_cache for block in model.blocks], None
+            for a, b, lo in groups:
+                g = torch.tensor(order[a:b], device=device)
+                model.setup_cache(b - a, P - lo)
+                hg = prefill(model, idx[g, lo:], pos[g, lo:], valid[g, lo:], P - lo,
+                             None if anchor is None else anchor[g, lo:])
+                h = hg.new_empty(len(rows), hg.shape[-1]) if h is None else h
+                h[g] = hg
+                for block, cache in zip(model.blocks, full):
+                    cache.k[g, :, lo:P], cache.v[g, :, lo:P] = block.attn.kv_cache.k, block.attn.kv_cache.v
+            for block, cache in zip(model.blocks, full):
+                block.attn.kv_cache = cache
         draws = noise[torch.tensor(rows_at, device=device)] if per_text else None
         return sample_audio_token(model, h, sampling, draws), state, P
 

@@ -267,12 +267,14 @@ def test_pick_draws_from_the_cut_distribution(kw, monkeypatch):
     assert (got[want == 0] == 0).all() and (got - want).abs().max() < 0.005  # ~5 standard errors at most
 
 
-@pytest.mark.parametrize("window_call", [generate_module.WINDOW_CALL, 0])
-def test_stream_rows_join_stop_and_end_at_their_own_caps(window_call, monkeypatch):
+@pytest.mark.parametrize("calls", ["as set", "free"])
+def test_stream_rows_join_stop_and_end_at_their_own_caps(calls, monkeypatch):
     """generate.stream's continuous batching: rows joining at step boundaries (into rows that ended, and the yields'
     spare width), each row's own max_new_tokens, a row stopped by its caller; every row says what it says alone.
-    window_call 0: every row that starts at a slot of its own reads the cache in an attention call of its own."""
-    monkeypatch.setattr(generate_module, "WINDOW_CALL", window_call)
+    Calls free: every row that starts at a slot of its own is prefilled, and reads the cache, in calls of its own."""
+    if calls == "free":
+        monkeypatch.setattr(generate_module, "WINDOW_CALL", 0)
+        monkeypatch.setattr(generate_module, "PREFILL_CALL", 0)
     model = tiny(align_audio_pos=True, audio_pos_rate=0.57)
     texts = ["hi", "a longer prompt here", "x", "mid", "zz"]
     prompts = [make_prompt(text_to_tokens(t)) for t in texts]
