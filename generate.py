@@ -8,6 +8,7 @@ Every sampling setting lives in one place, the Sampling dataclass below; scripts
 from its fields and hand one Sampling object down to the step that uses it.
 """
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -73,10 +74,12 @@ def decode_one_token(model, token, pos, valid, input_pos, windows=None):
     return model(token, pos=pos, mask=mask, input_pos=input_pos, windows=windows)[:, -1]
 
 
-# an attention call's fixed cost, in cache slots of one row read (~10 us against ~33 ns a slot on the dev CPU); one
-# run of 100, 300, 1,000 or all rows in one call on the load test's mix: 1.37, 1.37, 1.41, 1.50 s (docs/results.md)
-WINDOW_CALL = 300
-PREFILL_CALL = 32  # a prefill call's fixed cost in prompt tokens (~0.8 ms against ~26 us a token, main-job model, CPU)
+# what one more call costs, per device type: an attention call in cache slots of one row read (~10 us against ~33 ns
+# a slot on the dev CPU; a round of the load test's mix at 100, 300, 1,000 or all rows in one call: 1.37, 1.37, 1.41,
+# 1.50 s, docs/results.md), a prefill call in prompt tokens (~0.8 ms against ~26 us a token, main-job model). Not
+# measured on a GPU, where a call is a kernel launch and a slot or a token far cheaper: there, one call for all rows
+WINDOW_CALL = {"cpu": 300}
+PREFILL_CALL = {"cpu": 32}
 
 
 def row_windows(starts, call):
@@ -87,7 +90,8 @@ def row_windows(starts, call):
     still running) when they read their own run's; each run is one more attention call, costing call slots' reads.
     Cut where the slots read plus the calls cost least (every row reads up to the same slot, so which slot that is
     does not move the best cut): a dynamic programme over the cut points, O(rows^2), once per change of the batch.
-    The same cut, over rows sorted by first slot, groups the prompts prefilled together (call: PREFILL_CALL).
+    The same cut, over rows sorted by first slot, groups the prompts prefilled together (call: PREFILL_CALL). With
+    call = inf, one run.
     """
     n = len(starts)
     best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
@@ -334,7 +338,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
         # a voice prompt's rows and plain texts' would otherwise spend a third of its work on padding
         starts = [P - len(p) for p in rows]
         order = sorted(range(len(rows)), key=starts.__getitem__)
-        groups = row_windows([starts[i] for i in order], PREFILL_CALL)
+        groups = row_windows([starts[i] for i in order], PREFILL_CALL.get(device.type, math.inf))
         if len(groups) == 1:
             h = prefill(model, idx, pos, valid, P, anchor)
         else:
@@ -362,7 +366,8 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
         """For a cache width slots wide: per model row, its position at each slot and the slots it may read; and
         (eager steps) the runs of rows that read the cache from one slot on (row_windows)."""
         slots = torch.arange(width, device=device)
-        windows = None if compiled else row_windows(state["start"][:, 0].tolist(), WINDOW_CALL)
+        call = WINDOW_CALL.get(device.type, math.inf)
+        windows = None if compiled else row_windows(state["start"][:, 0].tolist(), call)
         return slots, positions(slots - state["start"], state), slots[None, :] >= state["start"], windows
 
     def rows_of(kept, n):  # the model rows of rows kept (places in a batch of n): conditional, then unconditional

@@ -2,6 +2,7 @@
 batching and sampling, the optimizers."""
 
 import itertools
+import math
 import random
 
 import pytest
@@ -273,8 +274,8 @@ def test_stream_rows_join_stop_and_end_at_their_own_caps(calls, monkeypatch):
     spare width), each row's own max_new_tokens, a row stopped by its caller; every row says what it says alone.
     Calls free: every row that starts at a slot of its own is prefilled, and reads the cache, in calls of its own."""
     if calls == "free":
-        monkeypatch.setattr(generate_module, "WINDOW_CALL", 0)
-        monkeypatch.setattr(generate_module, "PREFILL_CALL", 0)
+        monkeypatch.setattr(generate_module, "WINDOW_CALL", {"cpu": 0})
+        monkeypatch.setattr(generate_module, "PREFILL_CALL", {"cpu": 0})
     model = tiny(align_audio_pos=True, audio_pos_rate=0.57)
     texts = ["hi", "a longer prompt here", "x", "mid", "zz"]
     prompts = [make_prompt(text_to_tokens(t)) for t in texts]
@@ -316,6 +317,7 @@ def test_row_windows_cut_where_reading_costs_least():
     """generate.row_windows: runs of adjacent rows that cover every row once, each reading from its lowest start, at
     the least cost (slots read plus one call per run) of every way to cut a few rows."""
     rng = random.Random(0)
+    assert generate_module.row_windows([5, 0, 9], math.inf) == [(0, 3, 0)]  # no call is worth it: one run
     for _ in range(200):
         n, call = rng.randint(1, 7), rng.choice([0, 20, 100])
         starts = [rng.randint(0, 60) for _ in range(n)]
