@@ -426,8 +426,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
                 # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
                 token = decode_step(model, token, pos_all[:, slot:slot + 1], valid if compiled else valid[:, :slot + 1],
                                     slots[slot:slot + 1], sampling,
-                                    noise if noise is None or keep == list(range(C)) else noise[keep_t],
-                                    *([] if compiled else [windows]))
+                                    noise if noise is None or keep == list(range(C)) else noise[keep_t], windows)
                 slot += 1
             running = set(keep)
             free = [j for j in range(C) if ended[j] and j not in running] if join is not None else []
