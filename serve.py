@@ -59,8 +59,9 @@ codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture, not speech)
 audio = "auto"  # answer audio through the codec: auto = when the codec loads, yes = required, no = tokens only
 device = default_device()
 dtype = default_dtype()  # of the weights and the KV cache
-# torch's CPU threads for sampling; 0 = torch's default (every core). The server's HTTP work shares the cores: on
-# the 2-core dev box 1 thread served 35% more tokens/s, alone and under load (docs/serving.md)
+# torch's CPU threads for sampling; 0 = one fewer than torch's default (its cores, or OMP_NUM_THREADS), at least
+# one: the core left is the event loop's (HTTP, JSON, WAV encoding). On the 2-core dev box that is 1 thread, which
+# served 30-50% more tokens/s than torch's two, alone and under load (docs/serving.md)
 threads = 0
 # -----------------------------------------------------------------------------
 FORMATS = {"wav": ("audio/wav", "WAV", "PCM_16"), "flac": ("audio/flac", "FLAC", "PCM_16"),
@@ -438,9 +439,8 @@ if __name__ == "__main__":
             if not globals()[name] > 0:
                 raise ValueError(f"--{name} must be above 0")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise ValueError(f"--threads={threads!r}: use 0 (torch's default) or a number of threads")
-        if threads:
-            torch.set_num_threads(threads)
+            raise ValueError(f"--threads={threads!r}: use 0 (one fewer than torch's default) or a number of threads")
+        torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
         with socket.socket() as s:  # a taken port is a one-line error now, not uvicorn's traceback later
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closed one's TIME_WAIT is fine
             try:
@@ -468,5 +468,5 @@ if __name__ == "__main__":
     except (ValueError, CheckpointError, CodecUnavailable) as e:
         fail(str(e))
     print(f"serving {MODEL_NAME} on http://{host}:{port}/ (voices: {', '.join(VOICES)}; codec: "
-          f"{'yes' if CODEC else 'no'}; batches of up to {max_batch})", flush=True)
+          f"{'yes' if CODEC else 'no'}; batches of up to {max_batch}; {torch.get_num_threads()} CPU threads)", flush=True)
     uvicorn.run(make_app(Batcher(model)), host=host, port=port, log_level="warning", access_log=False)

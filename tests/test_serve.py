@@ -142,6 +142,10 @@ def test_answer_is_sample_py_tokens_as_a_wav(server, trained):
                                                  {"name": "bob", "transcript": "Call me tomorrow."}]
     status, _, data = post(url, {"input": "Go now.", "voice": "bob", "response_format": "tokens", "seed": 1})
     assert status == 200 and len(json.loads(data)["tokens"]) > 0
+    # --threads=0 (the default): one fewer than torch's own count, the core left to the event loop
+    default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                 capture_output=True, text=True, check=True).stdout)
+    assert re.search(rf"^serving .*; {max(1, default - 1)} CPU threads\)$", log.read_text(), re.M)
     # sampled (the defaults, temperature 0.6): a seed names the answer, sample.py's with that seed
     text = "Sit down here. Come back soon, please."
     run("sample.py", f"--out_dir={out_dir}", f"--text={text}", "--seed=8", "--max_seconds=2",
