@@ -262,9 +262,9 @@ def test_load_32_clients_beats_one_at_a_time(server, capsys, how):
               f"{max(h[1] for h in health):.2f} s")
     assert health and all(s == "ok" and dt < 2 for s, dt in health)
     assert re.search(r"batch of (1\d|2\d|3[0-2])\b", log.read_text())  # they did share batches
-    # held to 4x greedy (the figure); sampled is reported (4.3x-4.8x in CI's runs): the ratio moves by +-15%
-    # from run to run on a shared 2-core machine, and a sampled answer's length varies more (docs/serving.md)
-    assert speedup >= (4 if how == "greedy" else 1)
+    # the figure, greedy and sampled (on the 2-core dev box 5.3x-6.2x and 4.8x-5.2x; the ratio moves by
+    # +-15% from run to run on a shared machine: docs/serving.md)
+    assert speedup >= 4
     assert get(url + "/health") == {**get(url + "/health"), "queued": 0, "running": 0}
 
 
