@@ -438,6 +438,10 @@ if __name__ == "__main__":
         for name in ("max_chars", "max_concurrent", "max_batch", "max_queue_wait", "request_timeout", "port"):
             if not globals()[name] > 0:
                 raise ValueError(f"--{name} must be above 0")
+        if port > 65535:
+            raise ValueError(f"--port={port}: a port is 1 to 65535")
+        if not host.strip():  # the socket would take '' for every interface: say so instead
+            raise ValueError("--host is empty: give an address, 127.0.0.1 (this machine) or 0.0.0.0 (every interface)")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"--threads={threads!r}: use 0 (one fewer than torch's default) or a number of threads")
         torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
@@ -468,5 +472,5 @@ if __name__ == "__main__":
     except (ValueError, CheckpointError, CodecUnavailable) as e:
         fail(str(e))
     print(f"serving {MODEL_NAME} on http://{host}:{port}/ (voices: {', '.join(VOICES)}; codec: "
-          f"{'yes' if CODEC else 'no'}; batches of up to {max_batch}; {torch.get_num_threads()} CPU threads)", flush=True)
+          f"{'yes' if CODEC else 'no'}; batches of up to {max_batch}; CPU threads: {torch.get_num_threads()})", flush=True)
     uvicorn.run(make_app(Batcher(model)), host=host, port=port, log_level="warning", access_log=False)

@@ -145,7 +145,7 @@ def test_answer_is_sample_py_tokens_as_a_wav(server, trained):
     # --threads=0 (the default): one fewer than torch's own count, the core left to the event loop
     default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                  capture_output=True, text=True, check=True).stdout)
-    assert re.search(rf"^serving .*; {max(1, default - 1)} CPU threads\)$", log.read_text(), re.M)
+    assert re.search(rf"^serving .*; CPU threads: {max(1, default - 1)}\)$", log.read_text(), re.M)
     # sampled (the defaults, temperature 0.6): a seed names the answer, sample.py's with that seed
     text = "Sit down here. Come back soon, please."
     run("sample.py", f"--out_dir={out_dir}", f"--text={text}", "--seed=8", "--max_seconds=2",
@@ -320,7 +320,8 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     cases = [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
              ([f"--voices={tmp_path}/long"], "--voices: long: the voice prompt leaves too little room"),
              (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
-             ([f"--port={taken.getsockname()[1]}"], "pick another --port")]
+             ([f"--port={taken.getsockname()[1]}"], "pick another --port"), (["--port=99999"], "1 to 65535"),
+             (["--host="], "--host is empty"), (["--host=999.1.1.1"], "pick another --port or --host")]
     commands = [("serve.py", *([] if args[0].startswith("--out_dir") else [f"--out_dir={out_dir}"]), *args,
                  "--audio=no") for args, _ in cases]
     for (_, needle), proc in zip(cases, run_many(commands, work)):
