@@ -26,7 +26,7 @@ from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step
-from speak import synthesize
+from speak import check_seeds, synthesize
 from model import N_AUDIO
 from quantize import Quantization, quantize_model
 from synthetic import SyntheticSpeech
@@ -74,7 +74,10 @@ def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
         if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
             raise ValueError(f"--prompt_tokens {prompt_tokens} is not a .npy array of integer codec ids (np.save of the "
                              "ids sample.py writes)")
-        ids = ids.astype(np.int64).reshape(-1)
+        if ids.ndim != 1:
+            raise ValueError(f"--prompt_tokens {prompt_tokens} holds an array of shape {ids.shape}: give one "
+                             "recording's ids, a 1-D array (np.save of the ids sample.py writes)")
+        ids = ids.astype(np.int64)
         if len(ids) == 0 or ids.min() < 0 or ids.max() >= N_AUDIO:
             raise ValueError(f"--prompt_tokens {prompt_tokens} must hold Stable Codec ids 0..{N_AUDIO - 1}")
         return prompt_text.strip().encode(), ids
@@ -122,12 +125,20 @@ if __name__ == "__main__":
         check_device(device, dtype)
     except ValueError as e:
         fail(str(e))
-    if batch_size < 1 or audio not in ("auto", "yes", "no"):
-        fail("need batch_size >= 1 and audio in auto|yes|no")
+    if batch_size < 1:
+        fail(f"--batch_size={batch_size}: sample at least 1 text at a time")
+    if audio not in ("auto", "yes", "no"):
+        fail(f"--audio={audio!r}: use auto, yes or no")
     if stream and best_of > 1:
         fail("--stream plays the one sample as it is made: it cannot choose among --best_of samples; drop one")
+    if not output_dir.strip():
+        fail("--output_dir is empty: give a folder for the samples (e.g. samples)")
     if os.path.isfile(output_dir):
         fail(f"--output_dir={output_dir} is a file; give a folder for the samples")
+    if stream_to and not stream:
+        fail(f"--stream_to={stream_to} needs --stream=True")
+    if stream_to not in ("", "-") and not os.path.isdir(os.path.dirname(os.path.abspath(stream_to))):
+        fail(f"--stream_to={stream_to}: its folder does not exist; give a .wav path in an existing folder, or '-'")
     codec = None
 
     def codec_loader():
@@ -141,6 +152,7 @@ if __name__ == "__main__":
     sink = None  # --stream: the .wav (or stdout) the audio goes to as it is made
     try:
         texts = read_texts(text, text_file)
+        check_seeds([seed + i for i in range(len(texts))])
         voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
         model, checkpoint = load_model(ckpt or out_dir, device)
         model = model.to(DTYPES[dtype])  # as gpt-fast: weights and KV cache in the compute dtype
@@ -162,6 +174,9 @@ if __name__ == "__main__":
         if stream:
             if len(texts) != 1:
                 raise ValueError("--stream speaks one text; give --text or a one-line --text_file")
+            if synthetic and stream_to:
+                raise ValueError(f"--stream_to={stream_to}: a synthetic-corpus model streams what the recogniser "
+                                 "hears (on stderr), not audio; drop --stream_to")
             if synthetic:  # no audio to stream: show what the recogniser hears, as it is generated
                 heard = []
 

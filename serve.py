@@ -36,7 +36,7 @@ from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling
-from speak import SpeechMissing, synthesize
+from speak import SEEDS, SpeechMissing, check_seeds, synthesize
 from sample import load_voice
 from synthetic import SyntheticSpeech
 
@@ -243,9 +243,11 @@ def parse_request(body):
         raise ClientError(400, f"max_seconds {sampling.max_seconds} is over this server's {SAMPLING.max_seconds} "
                                "(--max_seconds)", "max_seconds")
     # no seed: a fresh one, answered in X-Dirt-Seed (and logged), so that any answer can be asked for again
-    job_seed = req["seed"] if req.get("seed") is not None else secrets.randbits(63)
-    if isinstance(job_seed, bool) or not isinstance(job_seed, int) or not 0 <= job_seed < 2 ** 63:
-        raise ClientError(400, f"seed must be an integer from 0 to 2**63-1, not {job_seed!r}", "seed")
+    job_seed = req["seed"] if req.get("seed") is not None else secrets.randbelow(SEEDS)
+    try:
+        check_seeds([job_seed])
+    except ValueError:
+        raise ClientError(400, f"seed must be an integer from 0 to {SEEDS - 1}, not {job_seed!r}", "seed") from None
     return text.strip().encode(), voice, fmt, stream, sampling, job_seed
 
 

@@ -52,6 +52,17 @@ class SpeechMissing(ValueError):
     """A chunk of a text came back without its speech (missing_speech); the message is one line with the fix."""
 
 
+SEEDS = 2 ** 63  # a text's seed is 0 .. SEEDS - 1 (2**63-1): a torch.Generator takes a signed 64-bit integer
+
+
+def check_seeds(seeds):
+    """Each text's seed (synthesize's seed + i, or one per text) as a torch.Generator takes it, or a ValueError."""
+    for i, s in enumerate(seeds):
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEEDS:
+            raise ValueError(f"seed {s!r} (text {i}'s) is out of range: --seed is an integer from 0 to "
+                             f"{SEEDS - 1}, and text i of a batch takes --seed + i")
+
+
 RETRIES = 2  # times synthesize samples a chunk again that came back without its speech, before it gives up
 
 
@@ -134,6 +145,7 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(texts))]
     if len(seeds) != len(texts):
         raise ValueError(f"{len(seeds)} seeds for {len(texts)} texts: give one per text, or one for all")
+    check_seeds(seeds)
     empty = np.zeros(0, dtype=np.int64)
     # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
     # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may

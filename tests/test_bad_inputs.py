@@ -37,6 +37,7 @@ def files(trained, tmp_path_factory):
     os.makedirs(bad / "mute", exist_ok=True)
     torch.save({**ckpt, "model": mute}, bad / "mute" / "ckpt.pt")
     np.savez(bad / "voice.npz", ids=np.arange(20))
+    np.save(bad / "two.npy", np.arange(40).reshape(2, 20))  # two recordings' ids, not one
     soundfile.write(bad / "silent.wav", np.zeros(32000, np.float32), 16000)
     (bad / "a_file").write_text("not a folder\n")
     return work, out_dir, bad
@@ -65,10 +66,23 @@ def cases(work, out_dir, bad):
         (("bench.py", "--mode=train", f"--nanogpt={bad}"), f"error: --nanogpt={bad} has no model.py", []),
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--top_p=2", "--output_dir=s1"),
          "error: --top_p=2.0 is out of range", ["s1"]),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--seed=-1", "--output_dir=s10"),
+         "error: seed -1 (text 0's) is out of range: --seed is an integer from 0 to 9223372036854775807", ["s10"]),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", f"--seed={2 ** 64}", "--output_dir=s11"),
+         f"error: seed {2 ** 64} (text 0's) is out of range", ["s11"]),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--batch_size=-2", "--output_dir=s12"),
+         "error: --batch_size=-2: sample at least 1 text at a time", ["s12"]),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--stream_to=-", "--output_dir=s13"),
+         "error: --stream_to=- needs --stream=True", ["s13"]),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--stream=True", "--stream_to=none/x.wav",
+          "--output_dir=s14"), "error: --stream_to=none/x.wav: its folder does not exist", ["s14"]),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--stream=True", "--stream_to=x.wav", "--output_dir=s16"),
+         "error: --stream_to=x.wav: a synthetic-corpus model streams what the recogniser hears", ["s16", "x.wav"]),
         # output paths
         (("train.py", CONFIG, f"--out_dir={bad}/a_file"), f"error: --out_dir={bad}/a_file is a file", []),
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", f"--output_dir={bad}/a_file"),
          f"error: --output_dir={bad}/a_file is a file", []),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--output_dir="), "error: --output_dir is empty", []),
         # checkpoints that do not fit
         (("train.py", CONFIG, *TINY, "--n_layer=3", "--init_from=resume", f"--out_dir={out_dir}", data),
          "error: --n_layer=3 differs from 2", []),
@@ -84,6 +98,8 @@ def cases(work, out_dir, bad):
         # voice prompts
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", f"--prompt_tokens={bad}/voice.npz", "--prompt_text=x",
           "--output_dir=s4"), f"error: --prompt_tokens {bad}/voice.npz is not a .npy array", ["s4"]),
+        (("sample.py", f"--out_dir={out_dir}", "--text=hi", f"--prompt_tokens={bad}/two.npy", "--prompt_text=x",
+          "--output_dir=s15"), f"error: --prompt_tokens {bad}/two.npy holds an array of shape (2, 20)", ["s15"]),
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", f"--prompt_audio={bad}/silent.wav", "--prompt_text=x",
           "--output_dir=s5"), f"error: --prompt_audio {bad}/silent.wav is silent", ["s5"]),
         # audio asked for and no codec: said before sampling
