@@ -38,7 +38,8 @@ A metric whose package or model is missing is reported as "not computed: <reason
 first of --n + 1 serving as every line's prompt audio. Model mode needs only the text; the audio is optional there.
 
 Prints a summary table and the worst transcripts, writes one CSV row per utterance (--csv; default
-<out_dir>/eval_<mode>.csv in model mode, ./eval_<mode>.csv otherwise) and, as the LAST line, one JSON object for
+<out_dir>/eval_<mode>.csv in model mode, ./eval_<mode>.csv in the other real-speech modes; the synthetic mode writes
+one only when --csv is given) and, as the LAST line, one JSON object for
 scripts and CI (also saved as <out_dir>/eval_<mode>.json beside a model, for export.py's model card): mode, n,
 wer, cer, the other metrics that were computed, and not_computed: {metric: reason}.
 (The synthetic mode's JSON has the keys listed above, plus n, the sampling settings, iter_num and data_dir.)
@@ -61,7 +62,7 @@ from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, C
 from common import atomic_write, check_device, default_device, fail, skip_line, skip_summary
 from data import CheckpointError, Shards, load_model
 from generate import Sampling
-from speak import SpeechMissing, synthesize
+from speak import SpeechMissing, check_seeds, synthesize
 from model import make_prompt, text_to_tokens
 from quantize import Quantization, logits_difference, quantize_model
 from synthetic import SyntheticSpeech
@@ -89,7 +90,7 @@ lang = "en"  # language of the texts: the normaliser's number words and Whisper'
 mos = "p808"  # DNSMOS: p808, full (adds P.835, ~5x slower) or off
 codec_config = CONFIG_PATH
 codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture: every step runs)
-csv = ""  # per-utterance CSV; default <out_dir>/eval_<mode>.csv (model mode) or ./eval_<mode>.csv
+csv = ""  # per-utterance CSV; default <out_dir>/eval_<mode>.csv (model mode), ./eval_<mode>.csv, none (synthetic)
 audio_dir = ""  # also write each scored clip here as a 16 kHz WAV, to listen to
 device = default_device()
 # -----------------------------------------------------------------------------
@@ -144,10 +145,16 @@ def evaluate_synthetic(model, checkpoint):
     dt = time.time() - t0
     texts = [text.decode("utf-8") for text, _, _ in references]
     scores = score_synthetic(texts, outputs)
-    for ref, hyp in list(zip(texts, scores.pop("heard")))[:5]:
+    heard = scores.pop("heard")
+    for ref, hyp in list(zip(texts, heard))[:5]:
         print(f"ref: {ref}\nhyp: {hyp}\n")
     n_tokens = sum(len(o) for o in outputs)
     match = [scores_speaker(o) == ref[2] for o, ref in zip(outputs, references)]
+    if csv:  # one row per utterance, to find the ones said wrong
+        write_csv(csv, [{"val_index": i, "text": t, "heard": h, "cer": jiwer.cer(t, h or " "), "speaker": ref[2],
+                         "speaker_heard": scores_speaker(o), "frames": len(o)}
+                        for i, t, h, o, ref in zip(rows, texts, heard, outputs, references)])
+        print(f"per-utterance scores: {csv}")
     scores["speaker_match"] = round(float(np.mean(match)), 4)
     result = {"n": len(rows), **scores, "tokens_per_s": round(n_tokens / dt, 1),
               "rtf": round(n_tokens / TOKENS_PER_SECOND / dt, 2)}
@@ -392,12 +399,15 @@ if n < 0:
     fail("--n must be at least 1 (or 0 for the mode's default)")
 if batch_size < 1:
     fail(f"--batch_size={batch_size}: use 1 or more")
+if long_chars < 0 or long_n < 1:
+    fail(f"--long_chars={long_chars} --long_n={long_n}: use long_chars 0 (off) or more, and long_n 1 or more")
 if mos not in ("p808", "full", "off"):
     fail(f"--mos={mos}: use p808, full or off")
 try:
     sampling = Sampling.from_settings(globals())
     quantize = Quantization.from_settings(globals()).quantize
     check_device(device)
+    check_seeds([seed])  # (and seed + i, text i's, where synthesize is given the texts)
 except ValueError as e:
     fail(str(e))
 

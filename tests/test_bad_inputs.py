@@ -59,6 +59,8 @@ def cases(work, out_dir, bad):
         (("eval.py", f"--out_dir={out_dir}", "--temperature=-1"), "error: --temperature=-1.0 is out of range", []),
         (("eval.py", f"--out_dir={out_dir}", "--batch_size=0"), "error: --batch_size=0: use 1 or more", []),
         (("eval.py", f"--out_dir={out_dir}", "--max_seconds=0"), "error: --max_seconds=0.0 is out of range", []),
+        (("eval.py", f"--out_dir={out_dir}", "--seed=-5"), "error: seed -5 (text 0's) is out of range", []),
+        (("eval.py", f"--out_dir={out_dir}", "--long_chars=-5"), "error: --long_chars=-5 --long_n=8: use", []),
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--quantize=int3", "--output_dir=q1"),
          "error: --quantize='int3' is not a quantisation: use '' (off), 'int8' or 'int4'", ["q1"]),
         (("eval.py", f"--out_dir={out_dir}", "--quantize=fp8"), "error: --quantize='fp8' is not a quantisation", []),

@@ -1,5 +1,6 @@
 """The command lines a user types: sample.py, eval.py, prepare.py and the one-line errors for bad input."""
 
+import csv
 import json
 import os
 
@@ -34,10 +35,14 @@ def test_sample_writes_tokens_for_any_utf8(trained, tmp_path):
 
 def test_eval_prints_json_last(trained):
     work, out_dir = trained
-    proc = run("eval.py", f"--out_dir={out_dir}", "--n=6", "--max_seconds=3", cwd=work)
+    proc = run("eval.py", f"--out_dir={out_dir}", "--n=6", "--max_seconds=3", "--csv=scores/six.csv", cwd=work)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == 6 and 0 <= result["speaker_consistency"] <= 1 and result["cer"] >= 0
     assert result["tokens_per_s"] > 0 and result["iter_num"] == 40
+    with open(os.path.join(work, "scores", "six.csv")) as f:  # --csv: one row per utterance, what was heard
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and all(0 <= float(r["cer"]) and r["text"] and int(r["frames"]) >= 0 for r in rows)
+    assert [r["speaker_heard"] == r["speaker"] for r in rows].count(True) == round(6 * result["speaker_match"])
     proc = run("eval.py", f"--out_dir={out_dir}", "--n=4", "--max_seconds=2", "--prompted=True", "--long_chars=150",
                "--long_n=3", "--cfg_scale=2.0", cwd=work, check=False)
     if proc.returncode == 0:
