@@ -142,7 +142,9 @@ limits = {  # setting: (within its range, what the range is)
     "learning_rate": (learning_rate > 0, "> 0"),
     "min_lr": (0 <= min_lr <= learning_rate, "from 0 to learning_rate"),
     "warmup_iters": (warmup_iters >= 0, ">= 0"),
-    "lr_decay_iters": (lr_decay_iters >= 0, ">= 0"),
+    # below warmup_iters the cosine never runs: the rate would fall from learning_rate to min_lr once warm-up ends
+    "lr_decay_iters": (lr_decay_iters >= warmup_iters or not decay_lr,
+                       f">= warmup_iters ({warmup_iters}), usually max_iters; or --decay_lr=False for a constant rate"),
     "weight_decay": (weight_decay >= 0, ">= 0"),
     "beta1": (0 <= beta1 < 1, "in [0, 1)"),
     "beta2": (0 <= beta2 < 1, "in [0, 1)"),
@@ -156,7 +158,9 @@ limits = {  # setting: (within its range, what the range is)
 for name, (ok, allowed) in limits.items():
     if not ok:
         fail(f"--{name}={globals()[name]!r} is out of range: use {allowed}")
-if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+if not out_dir.strip():
+    fail("--out_dir is empty: give a folder for the checkpoint and log (e.g. out)")
+if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file; give a folder for the checkpoint and log")
 
 # distributed setup: torchrun sets RANK / LOCAL_RANK / WORLD_SIZE
