@@ -29,7 +29,7 @@ from generate import Sampling
 out_dir = "out"  # the model to export: a training run's out_dir (or an exported folder, to convert its dtype)
 ckpt = ""  # a checkpoint file, in place of out_dir
 export_dir = ""  # the folder to write (required); an existing one is replaced only with overwrite=True
-overwrite = False
+overwrite = False  # replace an existing export_dir: an earlier export (or an empty folder) only, never other files
 dtype = "float32"  # of the saved weights: float32, or bfloat16 (half the size; sample.py computes in its --dtype)
 license = "other"  # the model card's licence (a Hugging Face id: mit, apache-2.0, cc-by-4.0, ...); mind the data's
 language = ""  # the languages it speaks, comma-separated ISO codes (en,de); "" = none given (the synthetic corpus)
@@ -91,15 +91,33 @@ if not export_dir:
 if dtype not in ("float32", "bfloat16"):
     fail(f"--dtype={dtype}: use float32 or bfloat16")
 source = ckpt or out_dir
-if os.path.exists(export_dir) and not (overwrite and os.path.isdir(export_dir)):
+if os.path.exists(export_dir) and not os.path.isdir(export_dir):  # a folder is replaced, never a file
+    fail(f"--export_dir={export_dir} is a file; give a folder to write the model to")
+if os.path.exists(export_dir) and not overwrite:
     fail(f"--export_dir={export_dir} exists; choose another, or pass --overwrite=True to replace it")
+
+
+def earlier_export(path):
+    """Whether a folder is one --overwrite may replace: empty, or an export (its config.json in export.py's format)."""
+    if not os.listdir(path):
+        return True
+    try:
+        with open(os.path.join(path, EXPORT_CONFIG)) as f:
+            return json.load(f).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+if os.path.exists(export_dir) and not earlier_export(export_dir):  # --overwrite deletes the folder: never another
+    fail(f"--export_dir={export_dir} holds other files, not an earlier export; --overwrite=True replaces only an "
+         "export.py folder: give a new folder")
 try:
     where, kind = find_model(source)
     model, checkpoint = load_model(source)
 except CheckpointError as e:
     fail(str(e))
-if os.path.abspath(export_dir) == os.path.abspath(where):
-    fail(f"--export_dir={export_dir} is the model being exported; write the copy elsewhere")
+if os.path.commonpath([os.path.abspath(export_dir), os.path.abspath(where)]) == os.path.abspath(export_dir):
+    fail(f"--export_dir={export_dir} holds the model being exported; write the copy elsewhere")
 folder = os.path.dirname(where) if kind == "checkpoint" else where
 evals = {}
 for path in sorted(glob.glob(os.path.join(folder, "eval_*.json"))):

@@ -41,6 +41,14 @@ def test_export_writes_config_weights_and_a_model_card(exported):
     assert weights[0] < 0.5 * os.path.getsize(os.path.join(out_dir, "ckpt.pt"))  # no optimizer state
 
 
+def test_overwrite_replaces_an_earlier_export(exported, tmp_path):
+    work, out_dir, folder = exported
+    run("export.py", f"--out_dir={out_dir}", f"--export_dir={tmp_path}/m", "--dtype=bfloat16", cwd=work)
+    run("export.py", f"--out_dir={out_dir}", f"--export_dir={tmp_path}/m", "--overwrite=True", cwd=work)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == (folder / "fp32" / "model.safetensors").read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # no temporary folder left beside it
+
+
 def test_an_exported_model_speaks_as_its_checkpoint(exported, tmp_path):
     work, out_dir, folder = exported
     texts, greedy = [b"Call me tomorrow.", b"Go there now."], Sampling(temperature=0, max_seconds=2)
@@ -90,6 +98,14 @@ def test_export_and_fine_tuning_mistakes_are_one_line(exported, tmp_path):
     cases = [
         (("export.py", f"--out_dir={out_dir}", f"--export_dir={folder}/fp32"), "exists; choose another"),
         (("export.py", f"--out_dir={out_dir}"), "give --export_dir"),
+        # --overwrite deletes the folder it replaces: only an earlier export, never a folder of other files,
+        # nor one that holds the model being exported
+        (("export.py", f"--out_dir={out_dir}", f"--export_dir={tmp_path}", "--overwrite=True"), "holds other files"),
+        (("export.py", f"--out_dir={out_dir}", f"--export_dir={work}", "--overwrite=True"), "holds other files"),
+        (("export.py", f"--out_dir={folder}/fp32", f"--export_dir={folder}/fp32", "--overwrite=True"),
+         "holds the model being exported"),
+        (("export.py", f"--out_dir={out_dir}", f"--export_dir={tmp_path}/fake/config.json", "--overwrite=True"),
+         "is a file"),
         (("export.py", f"--out_dir={out_dir}", f"--export_dir={tmp_path}/x", "--dtype=float16"), "--dtype=float16"),
         (("sample.py", f"--out_dir={tmp_path}/fake", "--text=hi"), "cannot read"),
         (("sample.py", f"--out_dir={tmp_path}", "--text=hi"), "no model in"),
@@ -102,3 +118,4 @@ def test_export_and_fine_tuning_mistakes_are_one_line(exported, tmp_path):
     for (args, needle), proc in zip(cases, run_many([args for args, _ in cases], work)):
         one_line_error(proc, needle)
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "x")
+    assert os.path.isfile(tmp_path / "fake" / "model.safetensors") and os.path.isdir(os.path.join(work, "data"))
