@@ -409,6 +409,9 @@ def log_sample(it):
 log_path = os.path.join(out_dir, "log.jsonl")  # one JSON line per logged iteration, for plots and tests
 if master_process:  # only now, every check passed: a run that fails one writes nothing
     os.makedirs(out_dir, exist_ok=True)
+    if init_from == "scratch" and os.path.exists(ckpt_path):  # as nanoGPT: a new run replaces it, said once
+        print(f"note: {out_dir} holds an earlier run; this one starts from scratch and replaces its ckpt.pt and log "
+              "(--init_from=resume continues it)")
     if init_from == "scratch" and os.path.exists(log_path):
         os.remove(log_path)
 
