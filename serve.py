@@ -324,9 +324,24 @@ def make_app(batcher):
     async def list_models():
         return {"object": "list", "data": [{"id": "dirt", "object": "model", "owned_by": MODEL_NAME}]}
 
+    async def read_body(request):
+        """The request's body, kept no further than the longest a request within --max_chars can be: past that a
+        413, so that no client can make the server hold gigabytes. The rest is read and dropped, so that the client,
+        still sending, gets the answer instead of a reset connection."""
+        limit = 12 * max_chars + 65536  # every character JSON-escaped as a surrogate pair (12 bytes), other fields
+        body, size = bytearray(), 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                body += chunk
+        if size > limit:
+            raise ClientError(413, f"the request body is {size} bytes, over {limit}: input is at most {max_chars} "
+                                   "characters on this server (--max_chars); split it into several requests", "input")
+        return bytes(body)
+
     @app.post("/v1/audio/speech")
     async def speech(request: Request):
-        text, voice, fmt, stream, sampling, job_seed = parse_request(await request.body())
+        text, voice, fmt, stream, sampling, job_seed = parse_request(await read_body(request))
         job = Job(next(ids), text, VOICES[voice], sampling, job_seed, stream, asyncio.get_running_loop())
         batcher.submit(job)
         headers = {"X-Request-Id": str(job.id), "X-Dirt-Seed": str(job.seed)}

@@ -164,6 +164,7 @@ def test_answer_is_sample_py_tokens_as_a_wav(server, trained):
 
 BAD = [  # (body, status, a word of the message)
     ({"model": "dirt"}, 400, "input"), ({"input": "  "}, 400, "input"), ({"input": "x" * 301}, 413, "max_chars"),
+    (b'{"input": "' + b"x" * 20_000_000 + b'"}', 413, "max_chars"),  # read no further than a valid request can be
     (b'{"input": "\xff\xfe"}', 400, "UTF-8"), ({"input": "Hi.", "voice": "eve"}, 400, "default, anna, bob"),
     ({"input": "Hi.", "response_format": "ogg"}, 400, "response_format"),
     ({"input": "Hi.", "temperature": 1e9}, 400, "temperature"), ({"input": "Hi.", "top_p": -1}, 400, "top_p"),
