@@ -421,7 +421,10 @@ if mode in ("", "synthetic", "model"):
     mode = mode or ("synthetic" if checkpoint.get("config", {}).get("dataset", "synthetic") == "synthetic"
                     else "model")
 if mode == "synthetic":
-    scores = evaluate_synthetic(model, checkpoint)
+    try:
+        scores = evaluate_synthetic(model, checkpoint)
+    except ValueError as e:  # e.g. text i's seed, --seed + i, past 2**63-1
+        fail(str(e))
     # beside the model, where export.py's model card finds it: its own val only, not another corpus it was asked
     # about, and its own weights, not a quantised copy of them
     if not ckpt and not quantize and "data_dir" not in _overridden and os.path.isdir(out_dir):  # noqa: F821
