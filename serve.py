@@ -424,17 +424,27 @@ def load_voices(folder, codec_loader):
         stem, ext = os.path.splitext(name)
         if ext == ".txt" or stem.startswith("."):
             continue
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"--voices: {name} is not a file; the folder holds NAME.wav (or NAME.npy) + NAME.txt only")
         if not VOICE_NAME.fullmatch(stem) or stem == "default" or stem in found:
             raise ValueError(f"--voices: {name}: a voice name is letters, digits, _ or - (not 'default'), one file "
                              "per name")
         transcript = os.path.join(folder, stem + ".txt")
         if not os.path.isfile(transcript):
             raise ValueError(f"--voices: {name} has no transcript: write the words spoken in it to {transcript}")
-        with open(transcript, encoding="utf-8") as f:
-            words = f.read()
-        path = os.path.join(folder, name)
-        npy = ext == ".npy"
-        found[stem] = load_voice("" if npy else path, words, path if npy else "", codec_loader)
+        try:
+            with open(transcript, encoding="utf-8") as f:
+                words = f.read()
+            if not words.strip():
+                raise ValueError(f"{transcript} is empty: write the words spoken in {name} to it")
+            npy = ext == ".npy"
+            # (load_voice's messages name sample.py's flags: here they are this file's)
+            found[stem] = load_voice("" if npy else path, words, path if npy else "", codec_loader)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--voices: {transcript} is not UTF-8 (byte {e.start}); re-save it as UTF-8") from None
+        except ValueError as e:
+            raise ValueError(f"--voices: {name}: {re.sub(r'--prompt_(tokens|audio) ', '', str(e))}") from None
     return found
 
 

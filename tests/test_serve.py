@@ -312,6 +312,10 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     work, out_dir = trained
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "x.npy").write_bytes(b"")
+    (tmp_path / "latin1").mkdir()
+    np.save(tmp_path / "latin1" / "eve.npy", np.arange(10))
+    (tmp_path / "latin1" / "eve.txt").write_bytes("Café.".encode("latin-1"))
+    (tmp_path / "sub" / "old").mkdir(parents=True)
     (tmp_path / "long").mkdir()
     np.save(tmp_path / "long" / "long.npy", np.arange(300))  # more than the tiny model's context leaves room for
     (tmp_path / "long" / "long.txt").write_text("Tell me now.")
@@ -320,7 +324,8 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     taken.listen()
     cases = [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
              ([f"--voices={tmp_path}/long"], "--voices: long: the voice prompt leaves too little room"),
-             (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
+             ([f"--voices={tmp_path}/latin1"], "eve.txt is not UTF-8 (byte 3)"),
+             ([f"--voices={tmp_path}/sub"], "--voices: old is not a file"), (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
              ([f"--port={taken.getsockname()[1]}"], "pick another --port"), (["--port=99999"], "1 to 65535"),
              (["--host="], "--host is empty"), (["--host=999.1.1.1"], "pick another --port or --host")]
     commands = [("serve.py", *([] if args[0].startswith("--out_dir") else [f"--out_dir={out_dir}"]), *args,
