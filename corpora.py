@@ -364,6 +364,8 @@ def check_text(u, limits):
     text_bytes = len(u.text.encode())
     if text_bytes == 0:
         return Skip(u.name, "no text", "empty transcript")
+    if "\ufffd" in u.text:  # the readers decode with errors="replace": the transcript was not UTF-8
+        return Skip(u.name, "text not UTF-8", "re-save the transcript as UTF-8")
     if text_bytes > limits.max_text_bytes:
         return Skip(u.name, "text too long", f"{text_bytes} bytes > max_text_bytes={limits.max_text_bytes}")
 

@@ -192,14 +192,17 @@ def test_jsonl(clips, tmp_path):
     rows.append(json.dumps({"audio": "audio/u0.flac", "text": "Same id twice."}))
     rows.append(json.dumps({"audio": "audio/u1.ogg", "text": "x" * 2000, "id": "long text"}))
     manifest = tmp_path / "corpus" / "manifest.jsonl"
-    manifest.write_text("\n".join(rows) + "\n")
+    # a transcript in Latin-1, not UTF-8: skipped and said, never trained on as replacement characters
+    latin1 = b'{"audio": "audio/u2.wav", "text": "Caf\xe9.", "id": "l"}\n'
+    manifest.write_bytes(("\n".join(rows) + "\n").encode() + latin1)
     proc = run("prepare.py", "--dataset=mine", f"--input={manifest}", f"--out_dir={tmp_path}/mine", *TINY_CODEC,
                cwd=tmp_path)
     assert_skips_reported(proc.stdout, {"audio/gone.wav": "missing audio", "manifest.jsonl:7": "bad manifest line",
-                                        "audio/u0.flac": "duplicate id", "audio/u1.ogg": "text too long"})
+                                        "audio/u0.flac": "duplicate id", "audio/u1.ogg": "text too long",
+                                        "audio/u2.wav": "text not UTF-8"})
     meta = check_shards(tmp_path / "mine", expected)
     assert meta["speakers"] == ["ann", "bob"] and meta["source"]["format"] == "jsonl"
-    assert sum(meta["skipped"].values()) == 4
+    assert sum(meta["skipped"].values()) == 5
 
 
 def test_unavailable_codec_and_bad_input_are_one_line_errors(ljspeech, tmp_path):
