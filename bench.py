@@ -409,6 +409,14 @@ if __name__ == "__main__":
         shape = GPTConfig(**{f.name: globals()[f.name] for f in fields(GPTConfig)})
     except ValueError as e:
         fail(str(e))
+    limits = {"prompt_len": (prompt_len >= 2, ">= 2"), "new_tokens": (new_tokens >= 2, ">= 2"),
+              "runs": (runs >= 1, ">= 1"), "warmup": (warmup >= 0, ">= 0"),
+              "batch_size": (batch_size >= 0, ">= 0 (0 = the mode's default)"),
+              "threads": (threads >= 0, ">= 0 (0 = torch's default)"),
+              "bandwidth_mb": (bandwidth_mb >= 0, ">= 0 (0 = the device's default)")}
+    for name, (ok, allowed) in limits.items():
+        if not ok:
+            fail(f"--{name}={globals()[name]!r} is out of range: use {allowed}")
     if threads:
         torch.set_num_threads(threads)
     cuda = device.startswith("cuda")
@@ -427,8 +435,6 @@ if __name__ == "__main__":
     else:
         model = GPT(shape).to(device)
     cfg = model.config
-    if prompt_len < 2 or new_tokens < 2 or runs < 1 or warmup < 0 or batch_size < 1:
-        fail("need prompt_len >= 2, new_tokens >= 2, runs >= 1, warmup >= 0, batch_size >= 1")
     if mode == "sample" and prompt_len + new_tokens > cfg.block_size:
         fail(f"prompt_len ({prompt_len}) + new_tokens ({new_tokens}) exceeds block_size {cfg.block_size}")
 

@@ -68,6 +68,8 @@ def cases(work, out_dir, bad):
          "error: --quantize='int3' is not a quantisation: use '' (off), 'int8' or 'int4'", ["q1"]),
         (("eval.py", f"--out_dir={out_dir}", "--quantize=fp8"), "error: --quantize='fp8' is not a quantisation", []),
         (("bench.py", "--quantize=INT8"), "error: --quantize='INT8' is not a quantisation", []),
+        (("bench.py", "--threads=-2"), "error: --threads=-2 is out of range: use >= 0", []),
+        (("bench.py", "--mode=train", "--runs=0"), "error: --runs=0 is out of range: use >= 1", []),
         (("bench.py", "--mode=train", f"--nanogpt={bad}"), f"error: --nanogpt={bad} has no model.py", []),
         (("sample.py", f"--out_dir={out_dir}", "--text=hi", "--top_p=2", "--output_dir=s1"),
          "error: --top_p=2.0 is out of range", ["s1"]),
