@@ -262,12 +262,6 @@ class RMSNorm(nn.RMSNorm):
         return RMSNormFunction.apply(x, self.weight, torch.finfo(x.dtype).eps if self.eps is None else self.eps)
 
 
-@torch.compiler.disable
-def eager_lookup(table, idx):
-    """table(idx), run eagerly even inside a compiled forward (a graph break)."""
-    return table(idx)
-
-
 class KVCache(nn.Module):
     """Preallocated keys and values for generation: [B, n_kv_head, max_len, head_dim], written in place."""
 
@@ -411,9 +405,7 @@ class GPT(nn.Module):
 
     def embed(self, idx):
         """Token vectors; an audio id's also gets its digit embeddings (and, tied, its output rows for its own)."""
-        # a table giving sparse gradients (optim.reuse_table_grad) is looked up outside a compiled graph: inductor's
-        # passes do not all handle sparse tensors
-        x = eager_lookup(self.wte, idx) if self.wte.sparse else self.wte(idx)
+        x = self.wte(idx)  # (with sparse gradients, outside a compiled graph: optim.reuse_table_grad)
         audio = (idx < N_AUDIO)[..., None]
         a = idx.clamp(max=N_AUDIO - 1)
         if self.config.tie_weights:

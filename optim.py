@@ -68,6 +68,10 @@ def reuse_table_grad(table):
         p.grad = held.pop().add_(rows) if held else rows
 
     table.sparse = True
+    # inductor's passes do not all handle sparse tensors: a compiled forward looks the table up eagerly (one graph
+    # break). Disabled here, where it is needed, not at import: torch.compiler.disable imports torch._dynamo, which
+    # took a second of every script's start
+    table.forward = torch.compiler.disable(table.forward)
     weight.register_hook(before)
     weight.register_post_accumulate_grad_hook(after)
 
