@@ -325,7 +325,8 @@ def test_cli_mistakes_are_one_line(trained, tmp_path):
     cases = [([f"--out_dir={tmp_path}/none"], "none"), ([f"--voices={tmp_path}/v"], "transcript"),
              ([f"--voices={tmp_path}/long"], "--voices: long: the voice prompt leaves too little room"),
              ([f"--voices={tmp_path}/latin1"], "eve.txt is not UTF-8 (byte 3)"),
-             ([f"--voices={tmp_path}/sub"], "--voices: old is not a file"), (["--max_batch=0"], "max_batch"), (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
+             ([f"--voices={tmp_path}/sub"], "--voices: old is not a file"), (["--max_batch=0"], "max_batch"),
+             (["--best_of=2"], "best_of"), (["--threads=-1"], "threads"),
              ([f"--port={taken.getsockname()[1]}"], "pick another --port"), (["--port=99999"], "1 to 65535"),
              (["--host="], "--host is empty"), (["--host=999.1.1.1"], "pick another --port or --host")]
     commands = [("serve.py", *([] if args[0].startswith("--out_dir") else [f"--out_dir={out_dir}"]), *args,
