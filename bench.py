@@ -62,7 +62,8 @@ from codec import TOKENS_PER_SECOND
 from common import DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step, decode_and_sample, prefill, sample_audio_token
-from model import EOA, GPT, N_AUDIO, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, matvec
+from layers import matvec
+from model import EOA, GPT, N_AUDIO, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig
 from optim import adamw, configure_optimizers
 from quantize import MODES, QuantLinear, Quantization, quantize_model
 
@@ -104,7 +105,7 @@ def bandwidth_probe(device, megabytes, sync, reps=3):
     A function that, each time it is called, adds reps GB/s readings of streaming kernels on a buffer far bigger than
     the caches to the dict it returns: a sum, a copy, and the matrix-vector product a decode step makes (a vector
     times a weight matrix [out, in]) as F.linear and, on a CPU, as the compiled product-and-sum a compiled step uses
-    (model.matvec). Called between timed generations, its readings see the same load as the steps do (on a shared
+    (layers.matvec). Called between timed generations, its readings see the same load as the steps do (on a shared
     machine both move with it). The roofline takes the faster GEMV's median (bench prints which): the bandwidth a
     decode step's weights can be read at; the sum and the copy show what plain streaming reaches.
     """

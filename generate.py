@@ -66,18 +66,16 @@ def prefill(model, idx, pos, valid, P, anchor=None):
     return model(idx, pos=pos, mask=mask, input_pos=torch.arange(T, device=idx.device), anchor=anchor)[:, -1]
 
 
-def decode_one_token(model, token, pos, valid, input_pos, windows=None):
-    """One step: a single new token per row attends to every filled slot up to input_pos. Returns [B, n_embd].
-    windows: None, or runs of rows [(first, end, first slot)] that read the cache from that slot on (row_windows)."""
+def decode_one_token(model, token, pos, valid, input_pos):
+    """One step: a single new token per row attends to every filled slot up to input_pos. Returns [B, n_embd]."""
     slots = torch.arange(valid.shape[1], device=token.device)
     mask = (valid & (slots[None, :] <= input_pos))[:, None, None, :]  # [B, 1, 1, S]
-    return model(token, pos=pos, mask=mask, input_pos=input_pos, windows=windows)[:, -1]
+    return model(token, pos=pos, mask=mask, input_pos=input_pos)[:, -1]
 
 
-# what one more call costs, per device type: an attention call in cache slots of one row read (~10 us against ~33 ns
-# a slot on the dev CPU; a round of the load test's mix at 100, 300, 1,000 or all rows in one call: 1.37, 1.37, 1.41,
-# 1.50 s, docs/results.md), a prefill call in prompt tokens (~0.8 ms against ~26 us a token, main-job model). Not
-# measured on a GPU, where a call is a kernel launch and a slot or a token far cheaper: there, one call for all rows
+# What one more call costs, per device type, measured where it runs (docs/results.md, "attention in runs of rows"):
+# an attention call in cache slots of one row read, a prefill call in prompt tokens. A device type not listed (a GPU,
+# where a call is a kernel launch and a slot or a token far cheaper, until measured there) makes one call for all rows.
 WINDOW_CALL = {"cpu": 300}
 PREFILL_CALL = {"cpu": 32}
 
@@ -109,27 +107,26 @@ def row_windows(starts, call):
     return runs[::-1]
 
 
-def decode_and_sample(model, token, pos, valid, input_pos, sampling, noise=None, windows=None):
+def decode_and_sample(model, token, pos, valid, input_pos, sampling, noise=None):
     """
     One generation step, the unit sample.py --compile turns into a CUDA graph: feed each row's last token [B] (twice
     under guidance: the conditional rows, then the unconditional), then sample the next one [B]. Sampling in the
-    graph too, not only the decode: eager sampling is some 25 small kernel launches, which on a GPU can take longer
-    than the whole compiled decode (docs/results.md). noise: as sample_audio_token's; the graph takes the draws of
-    draw_noise as an input (a torch.Generator cannot go into it). windows: decode_one_token's (eager steps).
+    graph too, not only the decode: eager sampling is a few dozen small kernel launches, which on a GPU can take
+    longer than the whole compiled decode. noise: as sample_audio_token's; the graph takes the draws of draw_noise as
+    an input (a torch.Generator cannot go into it).
     """
     feed = token.repeat(2) if sampling.cfg_scale != 1.0 else token
-    h = decode_one_token(model, feed[:, None], pos, valid, input_pos, windows)
+    h = decode_one_token(model, feed[:, None], pos, valid, input_pos)
     return sample_audio_token(model, h, sampling, noise)
 
 
 def decode_compile_options(device):
     """
     torch.compile options for decode_and_sample on a device. On a CPU a batch-1 step is bound by reading the weights
-    once, in model.matvec's product-and-sum loops, and inductor by default inlines whatever computed a loop's input
+    once, in layers.matvec's product-and-sum loops, and inductor by default inlines whatever computed a loop's input
     vector (the RMSNorm before it, even the embedding lookups of the first layer) into the loop, recomputing it once
     per weight row: hidden behind memory in fp32, it is most of an int8 step. Realizing every elementwise result that
-    reads more than one buffer (realize_acc_reads_threshold=1) computes each input once; the step gets 1.15x faster in
-    fp32, 2.1x in int8 (docs/results.md). On CUDA the step is replayed as a CUDA graph, and at batch 1 it is bound by
+    reads more than one buffer (realize_acc_reads_threshold=1) computes each input once. On CUDA the step is replayed as a CUDA graph, and at batch 1 it is bound by
     its ~150 small kernels, not by memory bandwidth; so, as gpt-fast: coordinate-descent tuning (with it inductor also
     writes each batch-1 matrix-vector product as a Triton reduction fused with its neighbours, the RMSNorm before it
     say, instead of a cuBLAS call), combo kernels (small independent kernels launched as one) and, from Hopper on,
@@ -172,8 +169,8 @@ def pick(logits, sampling, u):
     if torch.compiler.is_compiling():  # one static graph: every row sorted
         probs, order = probs.sort(dim=-1, descending=True)
         return inverse_cdf(probs.cumsum(dim=-1), order, top_p, u)
-    # eager: a nucleus is most often a few classes, and sorting a whole row costs ~3 us on a CPU (most of a 32-row
-    # step's sampling): the most likely NUCLEUS_HEAD of each row first, the whole row only where they hold < top_p
+    # eager: a nucleus is most often a few classes, and sorting whole rows is most of a many-row step's sampling on a
+    # CPU: the most likely NUCLEUS_HEAD of each row first, the whole row only where they hold < top_p
     head, order = probs.topk(min(V, NUCLEUS_HEAD), dim=-1)
     cdf = head.cumsum(dim=-1)
     out = inverse_cdf(cdf, order, top_p, u)
@@ -220,8 +217,8 @@ def draw_noise(noise, runs, ended):
     place, one call per run of rows that share a generator (generator_runs), and only while one of them is still
     speaking (ended: per row, a list). So a text's draws are a function of its seed and of its own tokens alone: not
     of its batch mates, nor of how long they run after it has ended, nor of when it joined. The cost is one call per
-    text per step, not one per batch: ~1.5 us per text on a CPU (docs/serving.md); on a GPU one small kernel launch
-    per text per step, outside the compiled step's graph. A counter-based stream (a Philox hash of seed and step in
+    text per step, not one per batch (on a GPU, one small kernel launch per text per step, outside the compiled
+    step's graph). A counter-based stream (a Philox hash of seed and step in
     the graph) would be one kernel, but would change every sampled output, batch-1 ones too.
     """
     for g, first, end in runs:
@@ -258,7 +255,216 @@ def sample_audio_token(model, h, sampling, noise=None):
     return torch.where(eoa, torch.full_like(coarse, EOA), coarse * N_FINE + fine)
 
 # -----------------------------------------------------------------------------
-# whole generations
+# whole generations: the rows of a running batch, and where each sits in the KV cache
+
+
+@dataclass
+class Row:
+    """One row of a running batch: a place in stream's yields, which a prompt holds until its end (nanochat's
+    RowState)."""
+
+    generator: object = None  # the torch.Generator its draws come from (None: torch's global random state)
+    left: int = 0  # how many more tokens it may take
+    done: bool = True  # its end has been yielded (or it was stopped, or it is free)
+
+
+class Rows:
+    """Every row of a running batch, and the random draws of a step: one stream per text (draw_noise)."""
+
+    def __init__(self, capacity, caps, generators, per_text, device):
+        B = len(caps)
+        gens = list(generators) if per_text else [None] * B
+        self.rows = [Row(g, cap, False) for g, cap in zip(gens, caps)] + [Row() for _ in range(capacity - B)]
+        self.noise = torch.empty(capacity, DRAWS, device=device) if per_text else None
+        self.draw([r.done for r in self.rows])
+
+    def draw(self, ended):
+        """Refill the draws of every run of rows (generator_runs) that is still speaking (ended: per row)."""
+        if self.noise is not None:
+            draw_noise(self.noise, generator_runs([r.generator for r in self.rows]), ended)
+
+    def draws(self, which):
+        """The draws of rows which (a list), for sample_audio_token; None under torch's global random state."""
+        if self.noise is None:
+            return None
+        everyone = which == list(range(len(self.rows)))
+        return self.noise if everyone else self.noise[torch.tensor(which, device=self.noise.device)]
+
+    def emit(self, rows, token):
+        """What a step yields: per row its token, or EOA once it has ended (past its max_new_tokens too)."""
+        out = [EOA] * len(self.rows)
+        for j, t in zip(rows, token.tolist()):
+            row = self.rows[j]
+            if not row.done and t != EOA and row.left > 0:
+                out[j], row.left = t, row.left - 1
+            else:
+                row.done = True
+        return out
+
+    def stop(self, stopped):
+        """The rows in stopped (a set, emptied) end at once, without an EOA: their callers have gone."""
+        for j in stopped:
+            self.rows[j].done = True
+        stopped.clear()
+
+    def add(self, free, ended, joining):
+        """New rows (stream's join) take the first free rows: they start their own runs of draws. -> their rows."""
+        taken = free[:len(joining)]
+        for row, e in zip(self.rows, ended):  # an ended row draws no more: its generator may be a new row's
+            row.generator = None if e else row.generator
+        for j, (_, _, g, _, most) in zip(taken, joining):
+            self.rows[j] = Row(g if self.noise is not None else None, most, False)
+        self.draw([j not in taken for j in range(len(self.rows))])
+        return taken
+
+
+def interleave(a, b, n_a, n_b, guided):
+    """The model rows of two batches as one: the conditional rows of a, of b, then (guided) the unconditional ones."""
+    return torch.cat([a[:n_a], b[:n_b], a[n_a:], b[n_b:]]) if guided else torch.cat([a, b])
+
+
+class Batch:
+    """
+    The rows a running batch holds in the model's KV cache and where each sits there: `at`, per model row (a row's
+    conditional stream, then under guidance its unconditional one), its first slot ("start") and, as offsets in the
+    row, its SOA and anchor; `slot`, where the next step writes. Rows are prefilled into it (start, join), leave it
+    (drop), and every step reads it through pos, valid and each cache's windows (layout).
+    """
+
+    def __init__(self, model, guided, compiled):
+        self.model, self.cfg, self.guided, self.compiled = model, model.config, guided, compiled
+        self.device = model.wte.weight.device
+        self.rows, self.at, self.slot = [], None, 0  # the stream's rows in the batch, in model-row order
+
+    def model_rows(self, places, n):
+        """The model rows of the rows at places (of a batch of n): conditional ones, then unconditional ones."""
+        return places + [r + n for r in places] if self.guided else places
+
+    def positions(self, offset, at):
+        anchored = self.cfg.anchor_continuations  # (a row without an anchor has one at an offset it never reaches)
+        return stream_positions(offset, at["soa"], self.cfg.audio_pos_rate, self.cfg.align_audio_pos,
+                                at["anchor_at"] if anchored else None, at["anchor_byte"] if anchored else None)
+
+    def prompts(self, specs, caps):
+        """Left-pad the prompts of specs [(prompt, uncond, anchor)]: -> idx, at (see the class), anchor marks or None."""
+        rows = [p for p, _, _ in specs] + ([u for _, u, _ in specs] if self.guided else [])
+        for (p, _, _), cap in zip(specs, caps):  # (an unconditional prompt is its prompt without the text)
+            if len(p) + cap > self.cfg.block_size:
+                raise ValueError(f"prompt ({len(p)}) + max_new_tokens ({cap}) exceeds block_size {self.cfg.block_size}")
+        device = self.device
+        lengths = torch.tensor([len(p) for p in rows], device=device)[:, None]
+        P = int(lengths.max())
+        idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
+        for i, p in enumerate(rows):
+            idx[i, P - len(p):] = p.to(device)
+        marks = [a for _, _, a in specs] + [None] * (len(rows) - len(specs))
+        anchored = torch.tensor([a is not None for a in marks], device=device)[:, None]
+        at = {"start": P - lengths,
+              "soa": torch.tensor([int((p == SOA).nonzero()[0]) for p in rows], device=device)[:, None],
+              "anchor_at": torch.where(anchored, lengths - 1, self.cfg.block_size),  # the prompt's last audio token
+              "anchor_byte": torch.tensor([a or 0 for a in marks], device=device)[:, None]}
+        anchor = None
+        if self.cfg.anchor_continuations and any(a is not None for a in marks):  # marked as data.get_batch marks it
+            anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
+            anchor[:, P - 1] = torch.where(anchored[:, 0], at["anchor_byte"][:, 0], -1)
+        return idx, at, anchor
+
+    def prefill(self, specs, caps, width):
+        """
+        Prefill the prompts of specs into fresh caches of width slots (the model's now): -> the last hidden state
+        of each model row, at, and P, the longest prompt. Rows of similar lengths are prefilled together, each group
+        from its longest prompt's first slot: a join of a voice prompt's rows and plain texts' would otherwise spend
+        a third of its work on padding.
+        """
+        idx, at, anchor = self.prompts(specs, caps)
+        R, P = idx.shape
+        slots = torch.arange(P, device=self.device)
+        pos, valid = self.positions(slots - at["start"], at), slots >= at["start"]  # a prompt sees its own slots
+        full = self.model.setup_cache(R, width)
+        starts = at["start"][:, 0].tolist()
+        order = sorted(range(R), key=starts.__getitem__)
+        groups = row_windows([starts[i] for i in order], PREFILL_CALL.get(self.device.type, math.inf))
+        if len(groups) == 1:
+            return prefill(self.model, idx, pos, valid, P, anchor), at, P
+        h = None
+        for a, b, lo in groups:
+            g = torch.tensor(order[a:b], device=self.device)
+            self.model.setup_cache(b - a, P - lo)
+            hg = prefill(self.model, idx[g, lo:], pos[g, lo:], valid[g, lo:], P - lo,
+                         None if anchor is None else anchor[g, lo:])
+            h = hg.new_empty(R, hg.shape[-1]) if h is None else h
+            h[g] = hg
+            for cache, group in zip(full, self.model.caches()):
+                cache.paste(group, g, lo)
+        self.model.use_caches(full)
+        return h, at, P
+
+    def start(self, rows, specs, caps, width):
+        """A batch anew: these rows, prefilled into caches of width slots. -> their last hidden states."""
+        h, self.at, self.slot = self.prefill(specs, caps, width)  # the next step writes after the longest prompt
+        self.rows = rows
+        self.layout()
+        return h
+
+    def layout(self):
+        """For the cache as it is: per model row its position at each slot and the slots it may read, and (eager
+        steps) each cache's windows: the runs of rows that read it from one slot on (row_windows)."""
+        width = self.model.caches()[0].k.shape[2]
+        self.slots = torch.arange(width, device=self.device)
+        self.pos, self.valid = self.positions(self.slots - self.at["start"], self.at), self.slots >= self.at["start"]
+        windows = None if self.compiled else row_windows(self.at["start"][:, 0].tolist(),
+                                                         WINDOW_CALL.get(self.device.type, math.inf))
+        for cache in self.model.caches():
+            cache.windows = windows
+
+    def step(self, decode_step, token, sampling, noise):
+        """One decode step at the next slot: eager steps attend to (and read) the filled slots only; compiled ones
+        keep one static shape (one graph)."""
+        s = self.slot
+        valid = self.valid if self.compiled else self.valid[:, :s + 1]
+        token = decode_step(self.model, token, self.pos[:, s:s + 1], valid, self.slots[s:s + 1], sampling, noise)
+        self.slot += 1
+        return token
+
+    def drop(self, going, token):
+        """Keep only the rows going (and their tokens), and cut the slots no row reads any more."""
+        place = {j: n for n, j in enumerate(self.rows)}
+        kept = [place[j] for j in going]
+        picked = torch.tensor(self.model_rows(kept, len(self.rows)), dtype=torch.long, device=self.device)
+        self.at = {k: v[picked] for k, v in self.at.items()}
+        cut = int(self.at["start"].min()) if going else 0  # the cache starts at the first slot a row reads
+        for cache in self.model.caches():
+            cache.keep(picked, cut)
+        self.at["start"], self.slot, self.rows = self.at["start"] - cut, self.slot - cut, going
+        if going:
+            self.layout()
+        return token[torch.tensor(kept, dtype=torch.long, device=self.device)]
+
+    def join(self, rows, specs, caps):
+        """
+        Rows joining the running batch: each prompt is prefilled on its own and laid into the cache so that it ends
+        where the running rows are, so it samples what it would alone. The cache grows at the front where a prompt
+        is longer than the slots passed, and at the end for the new rows' steps. -> their last hidden states.
+        """
+        running, n_rows, n_new = self.model.caches(), len(self.rows), len(rows)
+        width = running[0].k.shape[2]
+        h, new, P = self.prefill(specs, caps, max(len(p) for p, _, _ in specs))
+        joined = self.model.caches()
+        front = max(0, P - self.slot)  # slots before the running rows' first, so that the prompts fit
+        end = max(width + front, self.slot + front + max(caps))  # and after, for the new rows' steps
+        n = n_rows + n_new
+        merged = self.model.setup_cache(len(self.model_rows(list(range(n)), n)), end)
+        theirs = torch.tensor(self.model_rows(list(range(n_rows)), n), device=self.device)
+        ours = torch.tensor(self.model_rows(list(range(n_rows, n)), n), device=self.device)
+        for cache, old, fresh in zip(merged, running, joined):
+            cache.paste(old, theirs, front)
+            cache.paste(fresh, ours, self.slot + front - P)
+        new["start"] = new["start"] + self.slot + front - P
+        self.at = {k: interleave(v + (front if k == "start" else 0), new[k], n_rows, n_new, self.guided)
+                   for k, v in self.at.items()}
+        self.rows, self.slot = self.rows + rows, self.slot + front
+        self.layout()
+        return h
 
 
 @torch.no_grad()
@@ -285,9 +491,7 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     stop: None, or a set the caller may add rows to between two yields: they end at once (a client gone), without
     an EOA; the stream empties it.
     """
-    cfg = model.config
-    device = model.wte.weight.device
-    B = len(prompts)
+    cfg, device, B = model.config, model.wte.weight.device, len(prompts)
     guided = sampling.cfg_scale != 1.0
     if guided and (uncond_prompts is None or len(uncond_prompts) != B):
         raise ValueError("classifier-free guidance needs one unconditional prompt per prompt")
@@ -298,182 +502,42 @@ def stream(model, prompts, max_new_tokens, sampling=Sampling(), generators=None,
     compiled = decode_step not in (None, decode_and_sample)
     if compiled and join is not None:
         raise ValueError("rows join eager steps only (decode_step=None)")
-    decode_step = decode_step or decode_and_sample
-    C = max(B, capacity)
-    gens = (list(generators) if per_text else [None] * B) + [None] * (C - B)  # per row: its random stream
-    left = caps + [0] * (C - B)  # per row: how many more tokens it may take
-    done = [False] * B + [True] * (C - B)  # per row: its end yielded (or never used, or stopped)
-    noise = torch.empty(C, DRAWS, device=device) if per_text else None
-    never = cfg.block_size  # an anchor offset no row reaches
-
-    def first_tokens(specs, rows_at, total):
-        """
-        Prefill the prompts of specs [(prompt, uncond, anchor)] (left-padded, conditional rows then unconditional
-        ones) into a fresh cache of total slots, and sample their first tokens with the draws of rows rows_at.
-        -> (tokens, state: per model row its first slot and, as offsets in the row, its SOA and anchor, P).
-        """
-        rows = [p for p, _, _ in specs] + ([u for _, u, _ in specs] if guided else [])
-        lengths = torch.tensor([len(p) for p in rows], device=device)[:, None]
-        P = int(lengths.max())
-        for (p, _, _), j in zip(specs, rows_at):  # (an unconditional prompt is its prompt without the text)
-            if len(p) + left[j] > cfg.block_size:
-                raise ValueError(f"prompt ({len(p)}) + max_new_tokens ({left[j]}) exceeds block_size {cfg.block_size}")
-        idx = torch.full((len(rows), P), PAD, dtype=torch.long, device=device)
-        for i, p in enumerate(rows):
-            idx[i, P - len(p):] = p.to(device)
-        marks = [a for _, _, a in specs] + [None] * (len(rows) - len(specs))
-        anchored = torch.tensor([a is not None for a in marks], device=device)[:, None]
-        state = {"start": P - lengths, "soa": torch.tensor([int((p == SOA).nonzero()[0]) for p in rows],
-                                                           device=device)[:, None],
-                 "anchor_at": torch.where(anchored, lengths - 1, never),  # the prompt's last audio token
-                 "anchor_byte": torch.tensor([a or 0 for a in marks], device=device)[:, None]}
-        anchor = None
-        if cfg.anchor_continuations and any(a is not None for a in marks):  # marked as data.get_batch marks it
-            anchor = torch.full((len(rows), P), -1, dtype=torch.long, device=device)
-            anchor[:, P - 1] = torch.where(anchored[:, 0], state["anchor_byte"][:, 0], -1)
-        slots = torch.arange(P, device=device)
-        pos, valid = positions(slots - state["start"], state), slots >= state["start"]  # a prompt sees its own slots
-        model.setup_cache(len(rows), total)
-        # rows of similar lengths are prefilled together, each group from its longest prompt's first slot: a join of
-        # a voice prompt's rows and plain texts' would otherwise spend a third of its work on padding
-        starts = [P - len(p) for p in rows]
-        order = sorted(range(len(rows)), key=starts.__getitem__)
-        groups = row_windows([starts[i] for i in order], PREFILL_CALL.get(device.type, math.inf))
-        if len(groups) == 1:
-            h = prefill(model, idx, pos, valid, P, anchor)
-        else:
-            full, h = [block.attn.kv_cache for block in model.blocks], None
-            for a, b, lo in groups:
-                g = torch.tensor(order[a:b], device=device)
-                model.setup_cache(b - a, P - lo)
-                hg = prefill(model, idx[g, lo:], pos[g, lo:], valid[g, lo:], P - lo,
-                             None if anchor is None else anchor[g, lo:])
-                h = hg.new_empty(len(rows), hg.shape[-1]) if h is None else h
-                h[g] = hg
-                for block, cache in zip(model.blocks, full):
-                    cache.k[g, :, lo:P], cache.v[g, :, lo:P] = block.attn.kv_cache.k, block.attn.kv_cache.v
-            for block, cache in zip(model.blocks, full):
-                block.attn.kv_cache = cache
-        draws = noise[torch.tensor(rows_at, device=device)] if per_text else None
-        return sample_audio_token(model, h, sampling, draws), state, P
-
-    def positions(offset, state):
-        anchored = cfg.anchor_continuations  # (a row without an anchor has one at an offset it never reaches)
-        return stream_positions(offset, state["soa"], cfg.audio_pos_rate, cfg.align_audio_pos,
-                                state["anchor_at"] if anchored else None, state["anchor_byte"] if anchored else None)
-
-    def layout(state, width):
-        """For a cache width slots wide: per model row, its position at each slot and the slots it may read; and
-        (eager steps) the runs of rows that read the cache from one slot on (row_windows)."""
-        slots = torch.arange(width, device=device)
-        call = WINDOW_CALL.get(device.type, math.inf)
-        windows = None if compiled else row_windows(state["start"][:, 0].tolist(), call)
-        return slots, positions(slots - state["start"], state), slots[None, :] >= state["start"], windows
-
-    def rows_of(kept, n):  # the model rows of rows kept (places in a batch of n): conditional, then unconditional
-        return kept + [r + n for r in kept] if guided else kept
-
-    def both(a, b, n_a, n_b):  # the model rows of two batches as one: conditional ones of a, of b, then the rest
-        return torch.cat([a[:n_a], b[:n_b], a[n_a:], b[n_b:]]) if guided else torch.cat([a, b])
-
-    if per_text:
-        draw_noise(noise, generator_runs(gens), done)
+    decode_step, C = decode_step or decode_and_sample, max(B, capacity)
+    rows, batch = Rows(C, caps, generators, per_text, device), Batch(model, guided, compiled)
     specs = list(zip(prompts, uncond_prompts if guided else [None] * B, anchors or [None] * B))
     total = max(len(p) for p in list(prompts) + list(uncond_prompts if guided else [])) + max(caps)
     if compiled:  # a few cache lengths, not one per call: each new shape recompiles (and records a CUDA graph)
         total = max(total, min(cfg.block_size, -(-total // 256) * 256))
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
     try:
-        token, state, slot = first_tokens(specs, list(range(B)), total)  # slot: where the next step writes
-        keep = list(range(B))  # the rows in the batch, in order (compiled steps: all of them, always)
-        keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-        slots, pos_all, valid, windows = layout(state, total)
+        token = sample_audio_token(model, batch.start(list(range(B)), specs, caps, total), sampling,
+                                   rows.draws(list(range(B))))
         while True:
-            out = [EOA] * C
-            for j, t in zip(keep, token.tolist()):
-                if not done[j] and t != EOA and left[j] > 0:
-                    out[j], left[j] = t, left[j] - 1
-                else:  # its end (or, past its max_new_tokens, an EOA in place of its next token)
-                    done[j] = True
-            out = torch.tensor(out, dtype=torch.long, device=device)
+            out = as_tensor(rows.emit(batch.rows, token))
             yield out
-            token = out[keep_t]  # a new tensor (a compiled step's output is overwritten by its next replay)
-            for j in stop or ():
-                done[j] = True
-            if stop:
-                stop.clear()
-            ended = list(done)
-            going = [j for j in keep if not ended[j]]
+            token = out[as_tensor(batch.rows)]  # a new tensor (a compiled step's output is overwritten next replay)
+            rows.stop(stop or set())
+            ended = [r.done for r in rows.rows]
+            going = [j for j in batch.rows if not ended[j]]
             if not going and join is None:
                 break
             # eager steps drop the rows that have ended from the batch (and the KV cache), a quarter of the batch at
             # a time: a step reads every row's cache, so it then costs what the rows still speaking do
-            if not compiled and (len(keep) - len(going) >= max(1, len(keep) // 4) or not going):
-                at = {j: n for n, j in enumerate(keep)}
-                picked = torch.tensor(rows_of([at[j] for j in going], len(keep)), dtype=torch.long, device=device)
-                model.edit_cache(lambda x: x[picked])
-                state = {k: v[picked] for k, v in state.items()}
-                token, keep = token[torch.tensor([at[j] for j in going], dtype=torch.long, device=device)], going
-                keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-                cut = int(state["start"].min()) if keep else 0
-                if cut > 0:  # no row reads the slots before its first: the cache starts at the first one read
-                    model.edit_cache(lambda x: x[:, :, cut:])
-                    state["start"], slot = state["start"] - cut, slot - cut
-                if keep:
-                    slots, pos_all, valid, windows = layout(state, model.blocks[0].attn.kv_cache.k.shape[2])
-            if any(left[j] > 0 for j in going):  # else each row's next yield is its EOA
-                if per_text:  # the rows that have ended draw no more
-                    draw_noise(noise, generator_runs(gens), ended)
-                # eager: attend to (and read) the filled slots only; compiled: one static shape, one graph
-                token = decode_step(model, token, pos_all[:, slot:slot + 1], valid if compiled else valid[:, :slot + 1],
-                                    slots[slot:slot + 1], sampling,
-                                    noise if noise is None or keep == list(range(C)) else noise[keep_t], windows)
-                slot += 1
-            running = set(keep)
-            free = [j for j in range(C) if ended[j] and j not in running] if join is not None else []
+            if not compiled and (len(batch.rows) - len(going) >= max(1, len(batch.rows) // 4) or not going):
+                token = batch.drop(going, token)
+            if any(rows.rows[j].left > 0 for j in going):  # else each row's next yield is its EOA
+                rows.draw(ended)  # the rows that have ended draw no more
+                token = batch.step(decode_step, token, sampling, rows.draws(batch.rows))
+            free = [j for j in range(C) if ended[j] and j not in batch.rows] if join is not None else []
             joining = join(free) if free else []
-            if not joining and not keep:
+            if not joining and not batch.rows:
                 break
-            if joining:
-                taken = free[:len(joining)]
-                # a row that has ended draws no more: its generator may be a new row's (a text's next chunk), and
-                # must not join that row's run (generator_runs)
-                gens = [None if e else g for g, e in zip(gens, ended)]
-                for j, (_, _, g, _, m) in zip(taken, joining):
-                    gens[j], left[j], done[j] = g if per_text else None, m, False
-                if per_text:
-                    draw_noise(noise, generator_runs(gens), [j not in taken for j in range(C)])
-                specs = [(p, u, a) for p, u, _, a, _ in joining]
-                most = max(left[j] for j in taken)
-                if not keep:  # a batch anew
-                    width = max(len(p) for p, *_ in joining) + most
-                    token, state, slot = first_tokens(specs, taken, width)
-                    keep, keep_t = taken, torch.tensor(taken, dtype=torch.long, device=device)
-                    slots, pos_all, valid, windows = layout(state, width)
-                    continue
-                main = [block.attn.kv_cache for block in model.blocks]
-                width = main[0].k.shape[2]
-                first, new, P = first_tokens(specs, taken, max(len(p) for p, *_ in joining))
-                front = max(0, P - slot)  # slots to add before the running rows' first, so that the prompts fit
-                end = max(width + front, slot + front + most)  # and after, for the new rows' steps
-                n_rows, n_new = len(keep), len(taken)
-                for block, cache in zip(model.blocks, main):
-                    for name in ("k", "v"):  # one new buffer, each row's slots copied in once
-                        old, ours = getattr(cache, name), getattr(block.attn.kv_cache, name)
-                        merged = old.new_zeros(n_rows + n_new if not guided else 2 * (n_rows + n_new), old.shape[1],
-                                               end, old.shape[3])
-                        for half in range(2 if guided else 1):  # conditional rows, then unconditional: old, then new
-                            at = half * (n_rows + n_new)
-                            merged[at:at + n_rows, :, front:front + width] = old[half * n_rows:(half + 1) * n_rows]
-                            merged[at + n_rows:at + n_rows + n_new, :, slot + front - P:slot + front] = \
-                                ours[half * n_new:(half + 1) * n_new]
-                        setattr(cache, name, merged)
-                    block.attn.kv_cache = cache
-                new["start"] = new["start"] + slot + front - P
-                state = {k: both(v + (front if k == "start" else 0), new[k], n_rows, n_new)
-                         for k, v in state.items()}
-                token, keep, slot = torch.cat([token, first]), keep + taken, slot + front
-                keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-                slots, pos_all, valid, windows = layout(state, end)
+            if joining:  # (prompt, uncond, generator, anchor, max_new_tokens) each
+                taken, specs, caps = rows.add(free, ended, joining), [(p, u, a) for p, u, _, a, _ in joining], \
+                    [m for *_, m in joining]
+                h = batch.join(taken, specs, caps) if batch.rows else \
+                    batch.start(taken, specs, caps, max(len(p) for p, _, _ in specs) + max(caps))
+                token = torch.cat([token, sample_audio_token(model, h, sampling, rows.draws(taken))])
     finally:
         model.clear_cache()
 

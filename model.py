@@ -23,7 +23,9 @@ The block is a modern one (RMSNorm, RoPE, SwiGLU, optional QK-norm, grouped-quer
 The loss covers audio tokens and EOA only: predicting the text is not the task. A training row may also hold several
 utterances back to back (`doc` ids, see data.get_packed_batch): each keeps the positions and attention it has alone.
 The KV cache is preallocated here (setup_cache); generate.py fills it: one prefill over the prompt, then a small
-decode step, as in gpt-fast. This file is the network only: no sampling, no optimizer, no I/O.
+decode step, as in gpt-fast. This file is the network only: no sampling, no optimizer, no I/O. Its order: the token
+layout, the config, positions (RoPE), the KV cache, attention, MLP, block, GPT and its factored head. Linear and
+RMSNorm are nn.Linear and nn.RMSNorm with CPU fast paths (layers.py); the audio vocabulary is the codec's (codec.py).
 """
 
 import math
@@ -34,6 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from codec import DIMS, LEVELS, VOCAB
+from layers import Linear, RMSNorm
+
 try:  # optional: only used for training-shaped attention (whole rows, or packed rows) on CUDA in bf16/fp16
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 except ImportError:
@@ -42,13 +47,13 @@ except ImportError:
 # --------------------------------------------------------------------------------------------------------------
 # token layout
 
-N_AUDIO = 46656
+N_AUDIO = VOCAB  # the codec's ids: 46656
 TEXT_OFFSET = N_AUDIO
 SOA = TEXT_OFFSET + 256
 EOA = SOA + 1
 PAD = EOA + 1
 VOCAB_SIZE = (PAD + 1 + 63) // 64 * 64  # 46976
-N_FINE = 216  # FSQ digits 0..2 of an audio id
+N_FINE = LEVELS ** (DIMS // 2)  # 216: FSQ digits 0..2 of an audio id
 N_COARSE = N_AUDIO // N_FINE  # 216: FSQ digits 3..5; coarse class N_COARSE means EOA
 
 
@@ -191,8 +196,7 @@ def apply_rope(x, cos, sin):
     out[2i] = x[2i] cos - x[2i+1] sin, out[2i+1] = x[2i+1] cos + x[2i] sin: the same products and sums, bit for bit,
     as splitting the pairs and stacking them back, with one copy (the partners swapped) instead of four half-width
     products, two sums and a stack per call. Compiled, the partners are the neighbours on either side (the same
-    values): inductor vectorizes those two shifted loads, where the swap's index made the whole loop scalar (with
-    the cos table recomputed in it: ~5 ms of a 4 x 256 training step, forward and backward, docs/results.md).
+    values): inductor vectorizes those two shifted loads, where the swap's index makes the whole loop scalar.
     """
     xf = x.float()
     if torch.compiler.is_compiling():
@@ -203,78 +207,48 @@ def apply_rope(x, cos, sin):
     return (xf * cos + partner * sin).type_as(x)
 
 
-# how many rows a compiled CPU step multiplies as a fused product-and-sum (see Linear): inductor's loop streams the
-# weight once for one row, but re-reads it per row for more (batch 2: 2.6x slower than F.linear, batch 8: 21x)
-GEMV_ROWS = 1
-
-
-def matvec(x, weight):
-    """
-    x [..., in] @ weight[out, in].T for a row, written as a product and a sum over `in` for torch.compile: on a
-    CPU inductor turns it into one loop that streams the weight once at near the memory bandwidth, where F.linear's
-    matrix-vector call reads it at about half of that (docs/results.md). weight may be int8 (quantize.py): the
-    conversion happens in the same loop, so only its bytes are read.
-    """
-    return (x.unsqueeze(-2) * weight.to(x.dtype)).sum(-1)
-
-
-def fast_gemv(x):
-    """Whether to use matvec: a compiled graph on a CPU, a batch-1 step (GEMV_ROWS)."""
-    return torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() // x.shape[-1] <= GEMV_ROWS
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict), whose decode step compiled on a CPU uses matvec."""
-
-    def forward(self, x):
-        if not fast_gemv(x):
-            return F.linear(x, self.weight, self.bias)
-        y = matvec(x, self.weight)
-        return y if self.bias is None else y + self.bias
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """nn.RMSNorm's forward, the same ops in the same order (the same bits), with a backward written out: on a CPU in
-    eager training, autograd's backward of the composite forward is ~12 full-size elementwise ops, this one 6."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
-        xr = x * r
-        ctx.save_for_backward(xr, r, weight)
-        return xr * weight
-
-    @staticmethod
-    def backward(ctx, grad):
-        xr, r, weight = ctx.saved_tensors
-        gw = grad * weight
-        dx = (gw - xr * (gw * xr).mean(-1, keepdim=True)) * r
-        return dx, (grad * xr).flatten(0, -2).sum(0), None
-
-
-class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm (same parameters and outputs) whose eager fp32 training backward is RMSNormFunction's."""
-
-    def forward(self, x):
-        if (torch.compiler.is_compiling() or not torch.is_grad_enabled() or x.dtype != torch.float32
-                or self.weight is None or self.weight.dtype != torch.float32):
-            return super().forward(x)  # inductor fuses the composite (and its backward) by itself
-        return RMSNormFunction.apply(x, self.weight, torch.finfo(x.dtype).eps if self.eps is None else self.eps)
-
-
 class KVCache(nn.Module):
-    """Preallocated keys and values for generation: [B, n_kv_head, max_len, head_dim], written in place."""
+    """
+    Preallocated keys and values for generation: [B, n_kv_head, slots, head_dim], written in place at input_pos.
+    generate.py also keeps some of its rows, cuts slots no row reads, pastes in rows prefilled elsewhere, and may set
+    windows: runs of rows [(first, end, first slot)] that each read the cache from their own first slot on, so that a
+    step reads no slots a row never attends to (rows of a running batch that joined late start far to the right).
+    """
 
     def __init__(self, batch_size, max_len, n_kv_head, head_dim, dtype, device):
         super().__init__()
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.windows = None
 
     def update(self, input_pos, k, v):
         self.k[:, :, input_pos] = k
         self.v[:, :, input_pos] = v
         return self.k, self.v
+
+    def attend(self, q, k, v, mask, input_pos):
+        """Write k, v [B, kv heads, T, D] at slots input_pos, then attend q [B, heads, T, D] to the slots the mask
+        [B, 1, T, S] covers (the first S: the caller's mask may cover only the filled ones; then no more is read)."""
+        k, v = self.update(input_pos, k, v)
+        S = mask.shape[-1]
+        if self.windows is None:
+            return F.scaled_dot_product_attention(q, k[:, :, :S], v[:, :, :S], attn_mask=mask, enable_gqa=True)
+        return torch.cat([F.scaled_dot_product_attention(q[a:b], k[a:b, :, lo:S], v[a:b, :, lo:S],
+                                                         attn_mask=mask[a:b, :, :, lo:], enable_gqa=True)
+                          for a, b, lo in self.windows])
+
+    def keep(self, rows=None, first_slot=0):
+        """Keep only these rows (a LongTensor; None = all) and the slots from first_slot on."""
+        for name in ("k", "v"):
+            x = getattr(self, name)
+            setattr(self, name, (x if rows is None else x[rows])[:, :, first_slot:])
+
+    def paste(self, other, rows, first_slot):
+        """Copy another cache's rows in, as rows `rows` (a LongTensor) of this one, from slot first_slot on."""
+        for name in ("k", "v"):
+            x, y = getattr(self, name), getattr(other, name)
+            x[rows, :, first_slot:first_slot + y.shape[2]] = y
 
 
 class Attention(nn.Module):
@@ -287,9 +261,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.dropout = cfg.dropout
-        self.kv_cache = None
+        self.kv_cache = None  # generation's (GPT.setup_cache)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None, windows=None):
+    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
@@ -317,16 +291,9 @@ class Attention(nn.Module):
                                        cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=dropout, causal=True)
             return self.proj(y.view(B, T, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)
-            S = mask.shape[-1]  # the caller's mask may cover only the filled slots: then read no more of the cache
-            if windows is not None:  # runs of rows that read only the slots from their first one: reading the cache
-                y = torch.cat([F.scaled_dot_product_attention(  # is what a step's attention costs
-                    q[a:b], k[a:b, :, lo:S], v[a:b, :, lo:S], attn_mask=mask[a:b, :, :, lo:], enable_gqa=True)
-                    for a, b, lo in windows])
-                return self.proj(y.transpose(1, 2).reshape(B, T, -1))
-            k, v = k[:, :, :S], v[:, :, :S]
-        if mask is None:  # training: plain causal attention over the whole row
+        if self.kv_cache is not None:  # generation
+            y = self.kv_cache.attend(q, k, v, mask, input_pos)
+        elif mask is None:  # training: plain causal attention over the whole row
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
@@ -355,8 +322,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None, windows=None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos, varlen, windows))
+    def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos, varlen))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -414,39 +381,25 @@ class GPT(nn.Module):
         digits = self.coarse_embed(a // N_FINE) + self.fine_embed(a % N_FINE)
         return x + digits * audio
 
-    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None, windows=None):
+    def forward(self, idx, targets=None, pos=None, mask=None, input_pos=None, doc=None, anchor=None):
         """
         idx [B, T] token ids. targets [B, T] next-token ids with -1 where there is no loss (text, padding).
         With targets: returns the mean negative log-likelihood of the target audio ids and EOAs (a scalar).
         Without: returns the final hidden states [B, T, n_embd]; coarse_logits / fine_logits turn them into
         distributions. Generation also passes pos [B, T] (each row's own positions), mask [B, 1, T, S] (which cache
-        slots each query may see) and input_pos [T] (the cache slots written); an eager decode step may pass
-        windows, runs of rows [(first, end, first slot)] that read the cache from that slot on (generate.row_windows).
+        slots each query may see) and input_pos [T] (the cache slots written).
         doc [B, T]: packed training rows (data.get_packed_batch), an utterance per run of equal ids. Each utterance
         gets the positions it has alone and attends only to itself: the row computes what they would one by one.
         anchor [B, T]: continuation anchors (data.py; see GPTConfig.anchor_continuations), or None. They set the
         positions unless pos is given (generation), and GPTConfig.mark_borders marks them in both cases.
         """
-        B, T = idx.shape
-        varlen = None
         anchor = anchor if self.config.anchor_continuations else None
-        if doc is not None:
-            assert pos is None and mask is None, "doc is for training rows; generation gives its own pos and mask"
-            assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
-            pos, mask, starts = packed_layout(idx, doc, self.config.audio_pos_rate, self.config.align_audio_pos,
-                                              anchor)
-            if flash_attn_varlen_func is not None and idx.is_cuda:  # where each utterance starts, flattened
-                cu_seqlens = F.pad(starts.flatten().nonzero().flatten(), (0, 1), value=B * T).int()
-                varlen = (cu_seqlens, int(cu_seqlens.diff().max()))
-        elif pos is None:  # a batch of whole streams: each row's SOA is its first one
-            assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
-            offset = torch.arange(T, device=idx.device).expand(B, T)
-            soa_at = torch.where(idx == SOA, offset, T).min(dim=1, keepdim=True).values
-            anchor_at = anchor_byte = None
-            if anchor is not None:  # one utterance per row: one group
-                anchor_at, anchor_byte = anchor_offsets(anchor, offset, torch.zeros_like(offset), 1, T)
-            pos = stream_positions(offset, soa_at, self.config.audio_pos_rate, self.config.align_audio_pos,
-                                   anchor_at, anchor_byte)
+        varlen = None
+        if pos is None:
+            assert mask is None, "generation gives both its own pos and mask"
+            pos, mask, varlen = self.layout(idx, doc, anchor)
+        else:
+            assert doc is None, "doc is for training rows; generation gives its own pos and mask"
         cos, sin = rope_tables(pos, self.rope_inv_freq)
         x = self.embed(idx)
         if self.border is not None and anchor is not None:
@@ -456,10 +409,37 @@ class GPT(nn.Module):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, mask, input_pos, varlen, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, input_pos, varlen, windows)
+                x = block(x, cos, sin, mask, input_pos, varlen)
         x = self.norm(x)
-        if targets is None:
-            return x
+        return x if targets is None else self.loss(x, targets)
+
+    def layout(self, idx, doc=None, anchor=None):
+        """
+        Training rows' RoPE positions [B, T], attention mask (None: plain causal) and flash-attn's varlen spans:
+        whole streams, each with its own first SOA; or, given doc, packed utterances, each as it is alone.
+        """
+        B, T = idx.shape
+        cfg = self.config
+        assert T <= cfg.block_size, f"sequence of {T} exceeds block_size {cfg.block_size}"
+        if doc is not None:
+            pos, mask, starts = packed_layout(idx, doc, cfg.audio_pos_rate, cfg.align_audio_pos, anchor)
+            varlen = None
+            if flash_attn_varlen_func is not None and idx.is_cuda:  # where each utterance starts, flattened
+                cu_seqlens = F.pad(starts.flatten().nonzero().flatten(), (0, 1), value=B * T).int()
+                varlen = (cu_seqlens, int(cu_seqlens.diff().max()))
+            return pos, mask, varlen
+        offset = torch.arange(T, device=idx.device).expand(B, T)
+        soa_at = torch.where(idx == SOA, offset, T).min(dim=1, keepdim=True).values
+        anchor_at = anchor_byte = None
+        if anchor is not None:  # one utterance per row: one group
+            anchor_at, anchor_byte = anchor_offsets(anchor, offset, torch.zeros_like(offset), 1, T)
+        return stream_positions(offset, soa_at, cfg.audio_pos_rate, cfg.align_audio_pos, anchor_at, anchor_byte), \
+            None, None
+
+    # the factored head: P(id) = P(coarse) * P(fine | coarse)
+
+    def loss(self, x, targets):
+        """The mean negative log-likelihood of the target audio ids and EOAs (targets >= 0) after hidden states x."""
         keep = targets >= 0
         h, t = x[keep], targets[keep]
         coarse = torch.where(t == EOA, N_COARSE, t // N_FINE)
@@ -485,24 +465,28 @@ class GPT(nn.Module):
         """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (bf16 dense)."""
         return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
 
+    # generation's KV cache (generate.py fills it)
+
     def setup_cache(self, batch_size, max_len, dtype=None, device=None):
         """
-        Allocate the KV cache once; generation (generate.py) then writes into it in place. max_len may exceed
-        block_size: each row has its own positions, and rows of a batch may start at different slots.
+        Allocate a KV cache per block; generation then writes into it in place. max_len may exceed block_size: each
+        row has its own positions, and rows of a batch may start at different slots. Returns the caches.
         """
         dtype = dtype or self.wte.weight.dtype
         device = device or self.wte.weight.device
-        for block in self.blocks:
-            a = block.attn
-            a.kv_cache = KVCache(batch_size, max_len, a.n_kv_head, a.head_dim, dtype, device)
+        a = self.blocks[0].attn
+        return self.use_caches([KVCache(batch_size, max_len, a.n_kv_head, a.head_dim, dtype, device)
+                                for _ in self.blocks])
 
-    def edit_cache(self, fn):
-        """Each block's cached keys and values replaced by fn of them ([B, heads, slots, dim]): generation keeps some
-        rows (x[rows]) or cuts slots no row reads (x[:, :, cut:])."""
-        for block in self.blocks:
-            cache = block.attn.kv_cache
-            cache.k, cache.v = fn(cache.k), fn(cache.v)
+    def caches(self):
+        """Each block's KVCache, in order."""
+        return [block.attn.kv_cache for block in self.blocks]
+
+    def use_caches(self, caches):
+        """Give each block its KVCache (None: none, as in training). Returns them."""
+        for block, cache in zip(self.blocks, caches or [None] * len(self.blocks)):
+            block.attn.kv_cache = cache
+        return caches
 
     def clear_cache(self):
-        for block in self.blocks:
-            block.attn.kv_cache = None
+        self.use_caches(None)

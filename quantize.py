@@ -14,9 +14,9 @@ embedding tables stay: a step reads only the rows of its token. Activations, the
 model's dtype.
 
 Which kernel: whatever measures fastest on the device (docs/results.md). A compiled decode step on a CPU multiplies
-by model.matvec, a product-and-sum over the int8 weight (int4: QuantLinear.int4_matvec, per group) that inductor
+by layers.matvec, a product-and-sum over the int8 weight (int4: QuantLinear.int4_matvec, per group) that inductor
 turns into one loop reading only the quantised bytes; torch's own CPU kernels, aten._weight_int8pack_mm and
-_weight_int4pack_mm_for_cpu, measured 0.37x and 0.16x the speed of fp32 F.linear there. Eager, and on a GPU, the
+_weight_int4pack_mm_for_cpu, measured slower than fp32 F.linear there (docs/results.md). Eager, and on a GPU, the
 weight is dequantised and multiplied with F.linear; compiled on CUDA, inductor fuses the dequantisation into the
 product (gpt-fast's int8 form; not yet measured on a GPU here).
 """
@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import N_AUDIO, N_FINE, Linear, fast_gemv, matvec
+from layers import Linear, fast_gemv, matvec
+from model import N_AUDIO, N_FINE
 
 MODES = ("int8", "int4")
 GROUP = 128  # int4: inputs per scale and offset (fewer where a layer's width is not a multiple of it)

@@ -105,8 +105,89 @@ def most_likely(scores, weakest=3):
     return int(np.argmax(weakness))
 
 
+SEED = 1337  # synthesize's seed, and sample.py's --seed, by default
+BATCH_SIZE = 16  # texts sampled side by side, likewise
+
+
+class Texts:
+    """
+    The texts of one synthesize call, each numbered in order: its chunks, what it has said so far (its voice prompt,
+    then each chunk spoken, as (text, audio) pairs), its audio so far, and its own random stream.
+    """
+
+    def __init__(self, model, sampling, frames_per_byte):
+        self.model, self.sampling, self.frames_per_byte = model, sampling, frames_per_byte
+        self.block = model.config.block_size
+        # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
+        # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see next_chunk): a
+        # sentence may take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
+        self.pack = not model.config.anchor_continuations
+        self.max_chunk = int((self.block - 2) / ((2 if self.pack else 1.5) * (1 + frames_per_byte)))
+        self.chunks, self.spoken, self.outputs, self.generators = [], [], [], []
+        self.dropped = set()  # texts given up on (on_token returned False, or their speech went missing)
+
+    def add(self, text, voice, seed):
+        """A text to speak, with its voice (None or (text, ids)) and seed; cut (and sampled) the same whatever its
+        batch mates are. -> its number."""
+        block, per_byte = self.block, 1 + self.frames_per_byte
+        voice = (voice[0], np.asarray(voice[1], dtype=np.int64)) if voice else (b"", EMPTY)
+        most = min(self.max_chunk, int((block - 2 - len(voice[0]) - len(voice[1])) / per_byte))
+        if most < 8:
+            raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
+                             f"shorter prompt (at most ~{(block // 2) / per_byte / 12:.0f} s)")
+        fits = 2 + len(voice[0]) + len(voice[1]) + per_byte * len(text) <= block
+        whole = fits and (self.pack or len(split_text(text, len(text), pack=False)) == 1)
+        self.chunks.append([text] if whole else split_text(text, most, self.pack))  # a text that fits is not split
+        self.spoken.append([voice] if len(voice[1]) else [])
+        self.outputs.append([])
+        self.generators.append(torch.Generator(device=self.model.wte.weight.device).manual_seed(seed))
+        return len(self.chunks) - 1
+
+    def chunk(self, i):
+        """Text i's chunk to say next."""
+        return self.chunks[i][len(self.outputs[i])]
+
+    def next_chunk(self, i):
+        """Text i's next chunk as a row: (prompt, unconditional prompt, anchor, the most tokens it may take)."""
+        # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
+        # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a voice
+        # prompt does
+        room = self.block - 2 - (1 + self.frames_per_byte) * len(self.chunk(i))  # 2: the space before it, SOA
+        prev_text, prev_audio = next(((t, a) for t, a in reversed(self.spoken[i]) if 0 < len(a) <= room - len(t)),
+                                     (b"", EMPTY))
+        text = prev_text + b" " + self.chunk(i) if prev_text else self.chunk(i)
+        prompt = make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))
+        most = min(int(self.sampling.max_seconds * TOKENS_PER_SECOND), self.block - len(prompt))
+        if most < 1:
+            raise ValueError(f"text does not fit this model's block_size {self.block}")
+        return (prompt, make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)),
+                len(prev_text) if len(prev_audio) else None, most)  # anchor: the new speech starts at the space
+
+    def missing(self, i, audio, tries):
+        """missing_speech of text i's next chunk coming back as audio: why it lacks its speech, or ""."""
+        return missing_speech(self.model, audio, self.chunks[i], len(self.outputs[i]), self.spoken[i], i, tries)
+
+    def record(self, i, audio, anchor):
+        """Text i's next chunk came back as audio. -> whether the text has more chunks to say."""
+        chunk = self.chunk(i)
+        self.outputs[i].append(audio)
+        # a continuation speaks the space before its text too: as a prompt, its text must hold that space, or its
+        # audio runs a byte ahead of its text and the next chunk repeats the end of it
+        self.spoken[i].append((chunk if anchor is None else b" " + chunk, audio))
+        return len(self.outputs[i]) < len(self.chunks[i])
+
+    def unsaid(self, group):
+        return [i for i in group if len(self.outputs[i]) < len(self.chunks[i]) and i not in self.dropped]
+
+    def audio(self):
+        return [np.concatenate(o) if o else EMPTY for o in self.outputs]
+
+
+EMPTY = np.zeros(0, dtype=np.int64)
+
+
 @torch.no_grad()
-def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voices=None, frames_per_byte=2.5,
+def synthesize(model, texts, sampling=Sampling(), seed=SEED, batch_size=BATCH_SIZE, voices=None, frames_per_byte=2.5,
                on_token=None, decode_step=None, strict=True, join=None):
     """
     Speak each text (UTF-8 bytes). Returns a list of int64 arrays of Stable Codec ids, one per text, in order.
@@ -120,12 +201,8 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     speaks every sentence as its own chunk, anchored where the sentence starts. sampling.best_of: sample each chunk
     that many times in one batch and keep the one the model finds most likely (most_likely). sampling.max_seconds
     caps each chunk. cfg_scale != 1 runs the text-free prompts in the same batch for classifier-free guidance.
-    on_token: streaming: on_token(i, id) is called with each audio id of text i as soon as it is sampled, and
-    on_token(i, None) once text i is finished (at its last chunk's end-of-audio, while its batch mates go on); an
-    on_token that returns False drops text i (its later chunks are not spoken; a batch whose rows have all ended or
-    been dropped stops at once). Chunks are not sampled again (what was handed on is said), and best_of must be 1: a
-    chunk that ends without its speech (strict) is on_token(i, SpeechMissing(...)), which drops text i when on_token
-    returns True (a server fails that request alone) and is raised otherwise.
+    on_token: streaming (speak_streamed): on_token(i, id) is called with each audio id of text i as soon as it is
+    sampled, and on_token(i, None) once text i is finished; see speak_streamed. best_of must then be 1.
     decode_step: a compile_decode_step() (see sample.py --compile), or None for the eager one.
     seed: each text draws from its own random stream, seeded seed + i for text i (or seed[i], given a list of one
     per text), through all its chunks, retries and best_of samples (draw_noise): a text comes out the same whatever
@@ -137,173 +214,139 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
     again, and after RETRIES more tries raises SpeechMissing instead of coming back short; strict=False keeps it
     as it came (eval.py scores short outputs as the errors they are).
     """
-    best_of = sampling.best_of
-    if on_token is not None and best_of != 1:
+    if on_token is not None and sampling.best_of != 1:
         raise ValueError("streaming speaks one sample of each text (not with --best_of)")
-    block = model.config.block_size
-    device = model.wte.weight.device
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(texts))]
     if len(seeds) != len(texts):
         raise ValueError(f"{len(seeds)} seeds for {len(texts)} texts: give one per text, or one for all")
     check_seeds(seeds)
-    empty = np.zeros(0, dtype=np.int64)
-    # the previous chunk (or the voice prompt) and the current one share the context window. An anchored model
-    # speaks sentence by sentence and takes any earlier chunk that fits as the prompt (see below): a sentence may
-    # take 2/3 of the window, so that few are cut (a piece of a sentence has no anchor of its own)
-    pack = not model.config.anchor_continuations
-    max_chunk = int((block - 2) / ((2 if pack else 1.5) * (1 + frames_per_byte)))
-    chunks, spoken, outputs = [], [], []  # per text: its chunks; its voice prompt, then each chunk spoken; its audio
-    generators = []  # per text: its own random stream
-    dropped = set()  # texts whose on_token returned False
-
-    def add(text, voice, seed):
-        """A text to speak, with its voice (None or (text, ids)) and seed; cut (and sampled) the same whatever its
-        batch mates are."""
-        voice = (voice[0], np.asarray(voice[1], dtype=np.int64)) if voice else (b"", empty)
-        most = min(max_chunk, int((block - 2 - len(voice[0]) - len(voice[1])) / (1 + frames_per_byte)))
-        if most < 8:
-            raise ValueError(f"the voice prompt leaves too little room in this model's block_size {block}; use a "
-                             f"shorter prompt (at most ~{(block // 2) / (1 + frames_per_byte) / 12:.0f} s)")
-        fits = 2 + len(voice[0]) + len(voice[1]) + (1 + frames_per_byte) * len(text) <= block
-        whole = fits and (pack or len(split_text(text, len(text), pack=False)) == 1)
-        chunks.append([text] if whole else split_text(text, most, pack))  # a text that fits is not split
-        spoken.append([voice] if len(voice[1]) else [])
-        outputs.append([])
-        generators.append(torch.Generator(device=device).manual_seed(seed))
-        return len(chunks) - 1
-
+    state = Texts(model, sampling, frames_per_byte)
     for text, voice, s in zip(texts, voices or [None] * len(texts), seeds):
-        add(text, voice, s)
-
-    def next_chunk(i):
-        """Text i's next chunk as a row: (prompt, unconditional prompt, anchor, the most tokens it may take)."""
-        k = len(outputs[i])
-        # the prompt: the latest chunk that fits beside this one, so the previous one unless it is long (or ran
-        # long: no end-of-audio in time, or came out empty); any earlier chunk holds the voice as well, as a voice
-        # prompt does
-        room = block - 2 - (1 + frames_per_byte) * len(chunks[i][k])  # 2: the space before it, SOA
-        prev_text, prev_audio = next(((t, a) for t, a in reversed(spoken[i]) if 0 < len(a) <= room - len(t)),
-                                     (b"", empty))
-        text = prev_text + b" " + chunks[i][k] if prev_text else chunks[i][k]
-        prompt = make_prompt(text_to_tokens(text), torch.from_numpy(prev_audio))
-        most = min(int(sampling.max_seconds * TOKENS_PER_SECOND), block - len(prompt))
-        if most < 1:
-            raise ValueError(f"text does not fit this model's block_size {block}")
-        return (prompt, make_prompt(text_to_tokens(b""), torch.from_numpy(prev_audio)),
-                len(prev_text) if len(prev_audio) else None, most)  # anchor: the new speech starts at the space
-
-    def record(i, audio, anchor):
-        """Text i's next chunk came back as audio."""
-        k = len(outputs[i])
-        outputs[i].append(audio)
-        # a continuation speaks the space before its text too: as a prompt, its text must hold that space, or its
-        # audio runs a byte ahead of its text and the next chunk repeats the end of it
-        spoken[i].append((chunks[i][k] if anchor is None else b" " + chunks[i][k], audio))
-
-    def speak(active):
-        """The next chunk of each text in active, in one batch: {text: (audio ids, its anchor, the most it could
-        say)}."""
-        rows = [next_chunk(i) for i in active for _ in range(best_of)]
-        prompts, unconds, anchors, most = (list(x) for x in zip(*rows))
-        args = dict(generators=[generators[i] for i in active for _ in range(best_of)],
-                    uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None,
-                    decode_step=decode_step, anchors=anchors)
-        audio = generate(model, prompts, most, sampling, **args)
-        if best_of > 1:  # each text's samples sit side by side: keep the most likely of each run
-            # a sample scores its end too (a run-on, a missing one), where the row has room for it
-            ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
-                    for p, a in zip(prompts, audio)]
-            scores = [[s] for s in token_logprobs(model, prompts, ends, anchors)]
-            # a continuation is read twice: after its prompt (does the voice carry on?) and after its own text
-            # alone (does it say that text from the first word? one that re-speaks the prompt's last "!", then
-            # skips a word, is likely after the prompt, not without it). Both readings halve the sentences said
-            # wrong against the first alone (docs/results.md)
-            rows = [j for j, a in enumerate(anchors) if a is not None]
-            no_audio = torch.zeros(0, dtype=torch.long)
-            chunk = {i: chunks[i][len(outputs[i])] for i in active}  # the chunk each text says now
-            alone = [make_prompt(text_to_tokens(b" " + chunk[active[j // best_of]]), no_audio) for j in rows]
-            for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
-                scores[j].append(s)
-            audio = [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
-        return {i: (a.cpu().numpy(), anchor, m) for i, a, anchor, m in zip(active, audio, anchors[::best_of],
-                                                                          most[::best_of])}
-
-    def speak_streamed(active):
-        """
-        Streaming: every chunk of each text in active, in one running batch (generate.stream's join): a text's next
-        chunk joins as soon as its last has ended, and texts that came meanwhile (join) take the free rows. Each
-        token goes to on_token as soon as it is sampled; chunks are not sampled again (what was handed on is said).
-        """
-        text_of, steps, pending, stop = {}, {}, [], set()  # per row: its text and anchor, its tokens; texts due
-
-        def row(j, i):
-            prompt, uncond, anchor, most = next_chunk(i)
-            text_of[j], steps[j] = (i, anchor), []
-            return prompt, uncond, generators[i], anchor, most
-
-        def more(free):
-            texts = [pending.pop(0) for _ in range(min(len(free), len(pending)))]
-            if join and len(texts) < len(free):  # texts that came meanwhile take the free rows
-                texts += [add(*request) for request in join(len(free) - len(texts))]
-            return [row(j, i) for j, i in zip(free, texts)]
-
-        first = [row(j, i) for j, i in enumerate(active)]
-        prompts, unconds, gens, anchors, most = (list(x) for x in zip(*first))
-        for token in stream(model, prompts, most, sampling, gens, unconds if sampling.cfg_scale != 1.0 else None,
-                            decode_step, anchors, join=more, capacity=batch_size, stop=stop):
-            for j, t in enumerate(token.tolist()):
-                if j not in text_of:
-                    continue
-                i, anchor = text_of[j]
-                if t != EOA:
-                    steps[j].append(t)
-                    if on_token(i, t) is False:
-                        dropped.add(i)
-                        stop.add(j)
-                        del text_of[j]
-                    continue
-                del text_of[j]
-                k = len(outputs[i])
-                problem = strict and missing_speech(model, steps[j], chunks[i], k, spoken[i], i, 1)
-                if problem:  # handed on already, so not sampled again: the text fails, its batch goes on
-                    dropped.add(i)
-                    if on_token(i, SpeechMissing(problem)) is not True:
-                        raise SpeechMissing(problem)
-                    continue
-                record(i, np.asarray(steps[j], dtype=np.int64), anchor)
-                if len(outputs[i]) < len(chunks[i]):
-                    pending.append(i)
-                else:
-                    on_token(i, None)
-
-    def unsaid(group):
-        return [i for i in group if len(outputs[i]) < len(chunks[i]) and i not in dropped]
-
-    order = sorted(range(len(texts)), key=lambda i: sum(map(len, chunks[i])))  # similar lengths batch well
+        state.add(text, voice, s)
+    order = sorted(range(len(texts)), key=lambda i: sum(map(len, state.chunks[i])))  # similar lengths batch well
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
         while True:  # one round: the next chunk of each text of the group that has one left, in one batch
-            todo = unsaid(group)
+            todo = state.unsaid(group)
             if join:  # texts that came meanwhile take the free rows, from this round on
-                joined = [add(*request) for request in join(batch_size - len(todo))]
+                joined = [state.add(*request) for request in join(batch_size - len(todo))]
                 group, todo = group + joined, todo + joined
             if not todo:
                 break
             if on_token is not None:  # every chunk of these texts, and of those that join meanwhile
-                speak_streamed(todo)
+                speak_streamed(state, todo, decode_step, batch_size, on_token, join, strict)
+            else:
+                speak_round(state, todo, decode_step, strict)
+    return state.audio()
+
+
+def speak_round(state, todo, decode_step, strict):
+    """
+    The next chunk of each text of todo, in one batch. A chunk that comes back without its speech (missing_speech:
+    a slip) is sampled again, up to RETRIES times, then raises SpeechMissing (strict) or is kept as it came.
+    """
+    for attempt in range(1 + (RETRIES if strict else 0)):
+        said, todo = speak_chunks(state, todo, decode_step), []
+        for i, (audio, anchor, most) in said.items():
+            problem = strict and len(audio) < most and state.missing(i, audio, 1 + RETRIES)
+            if problem and attempt < RETRIES:
+                todo.append(i)
+            elif problem:
+                raise SpeechMissing(problem)
+            else:
+                state.record(i, audio, anchor)
+        if not todo:
+            break
+
+
+def speak_chunks(state, active, decode_step):
+    """The next chunk of each text in active, in one batch (best_of samples of each side by side): {text: (audio ids,
+    its anchor, the most it could say)}."""
+    sampling, best_of = state.sampling, state.sampling.best_of
+    rows = [state.next_chunk(i) for i in active for _ in range(best_of)]
+    prompts, unconds, anchors, most = (list(x) for x in zip(*rows))
+    audio = generate(state.model, prompts, most, sampling,
+                     generators=[state.generators[i] for i in active for _ in range(best_of)],
+                     uncond_prompts=unconds if sampling.cfg_scale != 1.0 else None, decode_step=decode_step,
+                     anchors=anchors)
+    if best_of > 1:
+        chunks = [state.chunk(i) for i in active]
+        audio = keep_most_likely(state.model, prompts, audio, anchors, chunks, best_of)
+    return {i: (a.cpu().numpy(), anchor, m) for i, a, anchor, m in zip(active, audio, anchors[::best_of],
+                                                                      most[::best_of])}
+
+
+def keep_most_likely(model, prompts, audio, anchors, chunks, best_of):
+    """Of each text's best_of samples (side by side in audio), the one the model finds most likely (most_likely)."""
+    block = model.config.block_size
+    # a sample scores its end too (a run-on, a missing one), where the row has room for it
+    ends = [torch.cat([a.cpu(), torch.tensor([EOA] if len(p) + len(a) < block else [], dtype=torch.long)])
+            for p, a in zip(prompts, audio)]
+    scores = [[s] for s in token_logprobs(model, prompts, ends, anchors)]
+    # a continuation is read twice: after its prompt (does the voice carry on?) and after its own text alone (does
+    # it say that text from the first word? one that re-speaks the prompt's last "!", then skips a word, is likely
+    # after the prompt, not without it). Both readings halve the sentences said wrong against the first alone
+    rows = [j for j, a in enumerate(anchors) if a is not None]
+    no_audio = torch.zeros(0, dtype=torch.long)
+    alone = [make_prompt(text_to_tokens(b" " + chunks[j // best_of]), no_audio) for j in rows]
+    for j, s in zip(rows, token_logprobs(model, alone, [ends[j] for j in rows]) if rows else []):
+        scores[j].append(s)
+    return [audio[j + most_likely(scores[j:j + best_of])] for j in range(0, len(audio), best_of)]
+
+
+def speak_streamed(state, active, decode_step, batch_size, on_token, join, strict):
+    """
+    Every chunk of each text in active, in one running batch (generate.stream's join): a text's next chunk joins as
+    soon as its last has ended, and texts that came meanwhile (join) take the free rows. on_token(i, id) gets each
+    audio id of text i as soon as it is sampled, and on_token(i, None) once text i is finished (at its last chunk's
+    end-of-audio, while its batch mates go on); an on_token that returns False drops text i (its later chunks are
+    not spoken; its row ends at once). Chunks are not sampled again (what was handed on is said): a chunk that ends
+    without its speech (strict) is on_token(i, SpeechMissing(...)), which drops text i when on_token returns True (a
+    server fails that request alone) and is raised otherwise.
+    """
+    text_of, steps, pending, stop = {}, {}, [], set()  # per row: its text and anchor, its tokens; texts due next
+
+    def row(j, i):
+        prompt, uncond, anchor, most = state.next_chunk(i)
+        text_of[j], steps[j] = (i, anchor), []
+        return prompt, uncond, state.generators[i], anchor, most
+
+    def more(free):
+        texts = [pending.pop(0) for _ in range(min(len(free), len(pending)))]
+        if join and len(texts) < len(free):  # texts that came meanwhile take the free rows
+            texts += [state.add(*request) for request in join(len(free) - len(texts))]
+        return [row(j, i) for j, i in zip(free, texts)]
+
+    prompts, unconds, gens, anchors, most = (list(x) for x in zip(*[row(j, i) for j, i in enumerate(active)]))
+    guided = state.sampling.cfg_scale != 1.0
+    for token in stream(state.model, prompts, most, state.sampling, gens, unconds if guided else None, decode_step,
+                        anchors, join=more, capacity=batch_size, stop=stop):
+        for j, t in enumerate(token.tolist()):
+            if j not in text_of:
                 continue
-            # a chunk that comes back without its speech is sampled again (a slip), up to RETRIES times, then said
-            for attempt in range(1 + (RETRIES if strict else 0)):
-                said, todo = speak(todo), []
-                for i, (a, anchor, max_new) in said.items():
-                    k = len(outputs[i])
-                    problem = strict and len(a) < max_new and missing_speech(model, a, chunks[i], k, spoken[i], i)
-                    if problem and attempt < RETRIES:
-                        todo.append(i)
-                        continue
-                    if problem:
-                        raise SpeechMissing(problem)
-                    record(i, a, anchor)
-                if not todo:
-                    break
-    return [np.concatenate(o) if o else empty for o in outputs]
+            i, anchor = text_of[j]
+            if t != EOA:
+                steps[j].append(t)
+                if on_token(i, t) is False:
+                    state.dropped.add(i)
+                    stop.add(j)
+                    del text_of[j]
+                continue
+            del text_of[j]
+            if chunk_ended(state, i, steps[j], anchor, on_token, strict):
+                pending.append(i)
+
+
+def chunk_ended(state, i, audio, anchor, on_token, strict):
+    """A streamed chunk of text i ended: record it, or fail the text if its speech is missing (handed on already,
+    so not sampled again: the text fails, its batch goes on). -> whether the text has a next chunk to say."""
+    problem = strict and state.missing(i, audio, 1)
+    if problem:
+        state.dropped.add(i)
+        if on_token(i, SpeechMissing(problem)) is not True:
+            raise SpeechMissing(problem)
+        return False
+    if state.record(i, np.asarray(audio, dtype=np.int64), anchor):
+        return True
+    on_token(i, None)
+    return False
