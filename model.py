@@ -72,7 +72,7 @@ def make_prompt(text_tokens, audio_prefix=None):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# model
+# the config
 
 
 @dataclass
@@ -127,6 +127,10 @@ class GPTConfig:
             raise ValueError("anchor_continuations=True needs align_audio_pos=True (anchors restart aligned positions)")
         if self.mark_borders and not self.anchor_continuations:
             raise ValueError("mark_borders=True needs anchor_continuations=True (it marks the anchors)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# positions: RoPE, each row at its own offsets, audio positions aligned with the text
 
 
 def stream_positions(offset, soa_at, rate, aligned=False, anchor_at=None, anchor_byte=None):
@@ -205,6 +209,10 @@ def apply_rope(x, cos, sin):
     else:
         partner = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return (xf * cos + partner * sin).type_as(x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the block: attention (with generation's KV cache), MLP
 
 
 class KVCache(nn.Module):
@@ -325,6 +333,10 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask=None, input_pos=None, varlen=None):
         x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, input_pos, varlen))
         return x + self.mlp(self.mlp_norm(x))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the model and its factored head
 
 
 class GPT(nn.Module):

@@ -80,8 +80,8 @@ class QuantLinear(nn.Module):
         scale = ((high - low) / 15).clamp(min=1e-12)
         q = ((wg - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8)
         # in each group, the first half of the inputs in the high nibbles, the second half in the low ones: each half
-        # then meets a contiguous half of x, which a compiled loop reads as plain vectors (interleaved nibbles read
-        # 2x slower, docs/results.md)
+        # then meets a contiguous half of x, which a compiled loop reads as plain vectors (interleaved nibbles need
+        # shuffles: docs/results.md)
         half = self.group // 2
         self.register_buffer("weight", q[..., :half] << 4 | q[..., half:])  # [out, in / group, group / 2]
         self.register_buffer("scales", scale.to(w.dtype))  # [out, in / group]
