@@ -1,5 +1,5 @@
 # Fine-tune a main-job model (config/train_synthetic.py) on a speaker it has never heard, on a CPU in about two
-# minutes: the recipe of docs/results.md, "2026-12-01 Fine-tuning on an unseen speaker". The parent hears speakers
+# minutes: the recipe of docs/results.md, "Fine-tuning on an unseen speaker". The parent hears speakers
 # 0-2 only; the new corpus is 2,000 utterances (1 h) of speaker 3, whose every audio id is one the parent never read.
 #   python prepare.py --dataset=synthetic --speakers=0,1,2 --out_dir=data/syn012
 #   python train.py config/train_synthetic.py --data_dir=data/syn012 --out_dir=out-pre012      # the parent
