@@ -36,8 +36,7 @@ from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling
-from speak import SEEDS, SpeechMissing, check_seeds, synthesize
-from sample import load_voice
+from speak import SEEDS, SpeechMissing, check_seeds, load_voice, synthesize
 from synthetic import SyntheticSpeech
 
 # -----------------------------------------------------------------------------
@@ -438,13 +437,11 @@ def load_voices(folder, codec_loader):
                 words = f.read()
             if not words.strip():
                 raise ValueError(f"{transcript} is empty: write the words spoken in {name} to it")
-            npy = ext == ".npy"
-            # (load_voice's messages name sample.py's flags: here they are this file's)
-            found[stem] = load_voice("" if npy else path, words, path if npy else "", codec_loader)
+            found[stem] = load_voice(path, words, codec_loader, ids=ext == ".npy")
         except UnicodeDecodeError as e:
             raise ValueError(f"--voices: {transcript} is not UTF-8 (byte {e.start}); re-save it as UTF-8") from None
-        except ValueError as e:
-            raise ValueError(f"--voices: {name}: {re.sub(r'--prompt_(tokens|audio) ', '', str(e))}") from None
+        except ValueError as e:  # it names the file
+            raise ValueError(f"--voices: {e}") from None
     return found
 
 

@@ -11,9 +11,9 @@ import re
 import numpy as np
 import torch
 
-from codec import TOKENS_PER_SECOND
+from codec import SAMPLE_RATE, TOKENS_PER_SECOND, load_audio, rms_db
 from generate import Sampling, generate, stream, token_logprobs
-from model import EOA, make_prompt, text_to_tokens
+from model import EOA, N_AUDIO, make_prompt, text_to_tokens
 
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:。！？।])\s+|\n+")
@@ -307,3 +307,39 @@ def synthesize(model, texts, sampling=Sampling(), seed=1337, batch_size=16, voic
                 if not todo:
                     break
     return [np.concatenate(o) if o else empty for o in outputs]
+
+
+def load_voice(path, transcript, codec_loader, ids=False):
+    """
+    A voice prompt for synthesize, (transcript bytes, audio ids): the recording at path, encoded by codec_loader()'s
+    codec, or (ids=True) the codec ids np.save wrote there, as sample.py writes them. transcript: the words spoken
+    in it. sample.py's --prompt_audio / --prompt_tokens and serve.py's --voices read voices through it. A file that
+    will not do is a one-line ValueError that starts with path, so that each caller names its own setting before it.
+    """
+    if ids:
+        not_ids = f"{path} is not a .npy array of integer codec ids (np.save of the ids sample.py writes)"
+        try:
+            audio = np.load(path, allow_pickle=False)  # never unpickle: a .npy of an object array is refused
+        except OSError as e:
+            raise ValueError(f"{path} cannot be read: {e.strerror or e}") from None
+        except (ValueError, EOFError):  # not a .npy, or a pickle (whose message advises loading it unsafely)
+            raise ValueError(not_ids) from None
+        if not isinstance(audio, np.ndarray) or audio.dtype.kind not in "iu":
+            raise ValueError(not_ids)
+        if audio.ndim != 1:
+            raise ValueError(f"{path} holds an array of shape {audio.shape}: give one recording's ids, a 1-D array "
+                             "(np.save of the ids sample.py writes)")
+        audio = audio.astype(np.int64)
+        if len(audio) == 0 or audio.min() < 0 or audio.max() >= N_AUDIO:
+            raise ValueError(f"{path} must hold Stable Codec ids 0..{N_AUDIO - 1}")
+        return transcript.strip().encode(), audio
+    try:
+        wav = load_audio(path)
+    except ValueError as e:
+        raise ValueError(f"{path} cannot be read: {e}") from None
+    if len(wav) < 0.5 * SAMPLE_RATE:
+        raise ValueError(f"{path} is shorter than 0.5 s; use 3 to 10 s of clean speech")
+    if not np.isfinite(wav).all() or rms_db(wav) < -60:  # where prepare.py's silence_db skips a clip
+        raise ValueError(f"{path} is silent (or not finite); use 3 to 10 s of clean speech")
+    tokens, lengths = codec_loader().encode([wav], [SAMPLE_RATE])
+    return transcript.strip().encode(), tokens[0, : int(lengths[0])].cpu().numpy()
