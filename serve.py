@@ -400,7 +400,8 @@ def make_app(batcher):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": MODEL_NAME, "synthetic": SYNTHETIC, "codec": CODEC is not None,
-                "queued": len(batcher.queue), "running": len(batcher.live()), "voices": list(VOICES)}
+                "queued": len(batcher.queue), "running": len(batcher.live()), "voices": list(VOICES),
+                "sampling": {k: getattr(SAMPLING, k) for k in SAMPLING_FIELDS}}  # a request's, when it gives none
 
     @app.get("/v1/voices")
     async def list_voices():
@@ -501,7 +502,8 @@ if __name__ == "__main__":
         VOICES = load_voices(voices, lambda: CODEC if CODEC else Codec(codec_config, codec_ckpt or None, device))
         for name, voice in VOICES.items():  # one token in each voice: a prompt too long for the model fails now
             try:
-                synthesize(model, [b"Hello."], replace(SAMPLING, max_seconds=0.04), voices=[voice], strict=False)
+                one_token = replace(SAMPLING, max_seconds=1 / TOKENS_PER_SECOND)
+                synthesize(model, [b"Hello."], one_token, voices=[voice], strict=False)
             except ValueError as e:
                 raise ValueError(f"--voices: {name}: {e}") from None
     except (ValueError, CheckpointError, CodecUnavailable) as e:
