@@ -87,7 +87,7 @@ seed = 1337
 test_list = ""  # audio_path|transcript lines or JSONL (see above); "" = the Asterisk prompts
 asr_model = ""  # Whisper: a CTranslate2 model folder, or a faster-whisper name (downloads); "" = the offline tiny.en
 lang = "en"  # language of the texts: the normaliser's number words and Whisper's language
-mos = "p808"  # DNSMOS: p808, full (adds P.835, ~5x slower) or off
+mos = "p808"  # DNSMOS: p808, full (adds P.835, several times slower) or off
 codec_config = CONFIG_PATH
 codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture: every step runs)
 csv = ""  # per-utterance CSV; default <out_dir>/eval_<mode>.csv (model mode), ./eval_<mode>.csv, none (synthetic)
