@@ -163,23 +163,7 @@ def evaluate_synthetic(model, checkpoint):
         right = [w and scores_speaker(o) == ref[2] for w, o, ref in zip(wanted, outputs, references)]
         result["speaker_acc"] = round(sum(right) / max(1, sum(wanted)), 4)
     if long_chars:
-        sentences = " ".join(texts).replace("? ", "?\n").replace(". ", ".\n").replace("! ", "!\n").split("\n")
-        longs, current = [], ""  # whole sentences, as the short texts are: a cut one has no end to speak
-        for sentence in sentences * (1 + long_n * long_chars // max(1, len(" ".join(texts)))):
-            if current and len(current) + 1 + len(sentence) > long_chars:
-                longs.append(current)
-                current = ""
-                if len(longs) == long_n:
-                    break
-            current = f"{current} {sentence}".strip()
-        try:
-            long_out = synthesize(model, [t.encode() for t in longs], sampling, seed, batch_size)
-        except SpeechMissing as e:  # a long text's chunk lost: no score can say that as clearly
-            fail(f"--long_chars: {e}")
-        long_scores = score_synthetic(longs, long_out)
-        result.update(long_n=len(longs), long_chars=long_chars, long_cer=long_scores["cer"],
-                      long_speaker_consistency=long_scores["speaker_consistency"],
-                      long_one_voice=round(float(np.mean([one_voice(o) for o in long_out])), 4))
+        result.update(long_score(model, texts))
     if continued:
         result.update(continued_score(model, val))
     if quantize:  # how far the int8 / int4 weights move the logits: the scored texts' true audio, teacher-forced
@@ -187,6 +171,27 @@ def evaluate_synthetic(model, checkpoint):
         result.update(quantize=quantize, logits_mad=round(logits_difference(full_model, model, streams), 5))
     result.update(**asdict(sampling), iter_num=checkpoint["iter_num"], data_dir=data_dir)  # which corpus's val
     return result
+
+
+def long_score(model, texts):
+    """eval.py --long_chars (see evaluate_synthetic): long_n texts of the held-out sentences, spoken in chunks."""
+    sentences = " ".join(texts).replace("? ", "?\n").replace(". ", ".\n").replace("! ", "!\n").split("\n")
+    longs, current = [], ""  # whole sentences, as the short texts are: a cut one has no end to speak
+    for sentence in sentences * (1 + long_n * long_chars // max(1, len(" ".join(texts)))):
+        if current and len(current) + 1 + len(sentence) > long_chars:
+            longs.append(current)
+            current = ""
+            if len(longs) == long_n:
+                break
+        current = f"{current} {sentence}".strip()
+    try:
+        outputs = synthesize(model, [t.encode() for t in longs], sampling, seed, batch_size)
+    except SpeechMissing as e:  # a long text's chunk lost: no score can say that as clearly
+        fail(f"--long_chars: {e}")
+    scores = score_synthetic(longs, outputs)
+    return dict(long_n=len(longs), long_chars=long_chars, long_cer=scores["cer"],
+                long_speaker_consistency=scores["speaker_consistency"],
+                long_one_voice=round(float(np.mean([one_voice(o) for o in outputs])), 4))
 
 
 def continued_score(model, val):
