@@ -428,7 +428,7 @@ if mode in ("", "synthetic", "model"):
 if mode == "synthetic":
     try:
         scores = evaluate_synthetic(model, checkpoint)
-    except ValueError as e:  # e.g. text i's seed, --seed + i, past 2**63-1
+    except ValueError as e:  # e.g. text i's seed, --seed + i, past speak.SEEDS
         fail(str(e))
     # beside the model, where export.py's model card finds it: its own val only, not another corpus it was asked
     # about, and its own weights, not a quantised copy of them
