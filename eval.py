@@ -62,7 +62,7 @@ from codec import CKPT_PATH, CONFIG_PATH, HOP, SAMPLE_RATE, TOKENS_PER_SECOND, C
 from common import atomic_write, check_device, default_device, fail, skip_line, skip_summary
 from data import CheckpointError, Shards, load_model
 from generate import Sampling
-from speak import SpeechMissing, check_seeds, synthesize
+from speak import SEED, SpeechMissing, check_seeds, synthesize
 from model import make_prompt, text_to_tokens
 from quantize import Quantization, logits_difference, quantize_model
 from synthetic import SyntheticSpeech
@@ -82,12 +82,12 @@ prompted = False  # synthetic: continue another utterance of the same speaker (a
 long_chars = 0  # synthetic: also score texts of up to this many characters (chunked by sample.py); 0 = off
 long_n = 8  # how many such texts
 continued = False  # synthetic: second sentences after their true first one, and alone (see evaluate_synthetic)
-seed = 1337
+seed = SEED  # text i draws from its own random stream, seeded seed + i
 # real speech
 test_list = ""  # audio_path|transcript lines or JSONL (see above); "" = the Asterisk prompts
 asr_model = ""  # Whisper: a CTranslate2 model folder, or a faster-whisper name (downloads); "" = the offline tiny.en
 lang = "en"  # language of the texts: the normaliser's number words and Whisper's language
-mos = "p808"  # DNSMOS: p808, full (adds P.835, ~5x slower) or off
+mos = "p808"  # DNSMOS: p808, full (adds P.835, several times slower) or off
 codec_config = CONFIG_PATH
 codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture: every step runs)
 csv = ""  # per-utterance CSV; default <out_dir>/eval_<mode>.csv (model mode), ./eval_<mode>.csv, none (synthetic)
@@ -163,23 +163,7 @@ def evaluate_synthetic(model, checkpoint):
         right = [w and scores_speaker(o) == ref[2] for w, o, ref in zip(wanted, outputs, references)]
         result["speaker_acc"] = round(sum(right) / max(1, sum(wanted)), 4)
     if long_chars:
-        sentences = " ".join(texts).replace("? ", "?\n").replace(". ", ".\n").replace("! ", "!\n").split("\n")
-        longs, current = [], ""  # whole sentences, as the short texts are: a cut one has no end to speak
-        for sentence in sentences * (1 + long_n * long_chars // max(1, len(" ".join(texts)))):
-            if current and len(current) + 1 + len(sentence) > long_chars:
-                longs.append(current)
-                current = ""
-                if len(longs) == long_n:
-                    break
-            current = f"{current} {sentence}".strip()
-        try:
-            long_out = synthesize(model, [t.encode() for t in longs], sampling, seed, batch_size)
-        except SpeechMissing as e:  # a long text's chunk lost: no score can say that as clearly
-            fail(f"--long_chars: {e}")
-        long_scores = score_synthetic(longs, long_out)
-        result.update(long_n=len(longs), long_chars=long_chars, long_cer=long_scores["cer"],
-                      long_speaker_consistency=long_scores["speaker_consistency"],
-                      long_one_voice=round(float(np.mean([one_voice(o) for o in long_out])), 4))
+        result.update(long_score(model, texts))
     if continued:
         result.update(continued_score(model, val))
     if quantize:  # how far the int8 / int4 weights move the logits: the scored texts' true audio, teacher-forced
@@ -187,6 +171,27 @@ def evaluate_synthetic(model, checkpoint):
         result.update(quantize=quantize, logits_mad=round(logits_difference(full_model, model, streams), 5))
     result.update(**asdict(sampling), iter_num=checkpoint["iter_num"], data_dir=data_dir)  # which corpus's val
     return result
+
+
+def long_score(model, texts):
+    """eval.py --long_chars (see evaluate_synthetic): long_n texts of the held-out sentences, spoken in chunks."""
+    sentences = " ".join(texts).replace("? ", "?\n").replace(". ", ".\n").replace("! ", "!\n").split("\n")
+    longs, current = [], ""  # whole sentences, as the short texts are: a cut one has no end to speak
+    for sentence in sentences * (1 + long_n * long_chars // max(1, len(" ".join(texts)))):
+        if current and len(current) + 1 + len(sentence) > long_chars:
+            longs.append(current)
+            current = ""
+            if len(longs) == long_n:
+                break
+        current = f"{current} {sentence}".strip()
+    try:
+        outputs = synthesize(model, [t.encode() for t in longs], sampling, seed, batch_size)
+    except SpeechMissing as e:  # a long text's chunk lost: no score can say that as clearly
+        fail(f"--long_chars: {e}")
+    scores = score_synthetic(longs, outputs)
+    return dict(long_n=len(longs), long_chars=long_chars, long_cer=scores["cer"],
+                long_speaker_consistency=scores["speaker_consistency"],
+                long_one_voice=round(float(np.mean([one_voice(o) for o in outputs])), 4))
 
 
 def continued_score(model, val):
@@ -423,7 +428,7 @@ if mode in ("", "synthetic", "model"):
 if mode == "synthetic":
     try:
         scores = evaluate_synthetic(model, checkpoint)
-    except ValueError as e:  # e.g. text i's seed, --seed + i, past 2**63-1
+    except ValueError as e:  # e.g. text i's seed, --seed + i, past speak.SEEDS
         fail(str(e))
     # beside the model, where export.py's model card finds it: its own val only, not another corpus it was asked
     # about, and its own weights, not a quantised copy of them

@@ -22,13 +22,12 @@ import numpy as np
 import torch
 
 from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, CodecCheckpointError, CodecUnavailable,
-                   StreamingDecoder, load_audio, pcm16, rms_db)
+                   StreamingDecoder, pcm16)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling, compile_decode_step
-from speak import check_seeds, synthesize
-from model import N_AUDIO
 from quantize import Quantization, quantize_model
+from speak import BATCH_SIZE, SEED, check_seeds, load_voice, synthesize
 from synthetic import SyntheticSpeech
 
 
@@ -56,8 +55,8 @@ def read_texts(text, text_file):
     return [text.strip().encode("utf-8")]
 
 
-def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
-    """The voice prompt as (text bytes, audio ids), from a recording (encoded by the codec) or saved ids."""
+def read_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
+    """The voice prompt of --prompt_audio or --prompt_tokens with --prompt_text (speak.load_voice), or None."""
     if not prompt_audio and not prompt_tokens:
         if prompt_text:
             raise ValueError("--prompt_text needs --prompt_audio=FILE (or --prompt_tokens=FILE.npy) to go with it")
@@ -66,31 +65,10 @@ def load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader):
         raise ValueError("give either --prompt_audio or --prompt_tokens, not both")
     if not prompt_text.strip():
         raise ValueError("a voice prompt needs its transcript: add --prompt_text='the words spoken in it'")
-    if prompt_tokens:
-        try:
-            ids = np.load(prompt_tokens, allow_pickle=False)  # never unpickle: a .npy of an object array is refused
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"cannot read --prompt_tokens {prompt_tokens}: {str(e).splitlines()[0]}") from None
-        if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
-            raise ValueError(f"--prompt_tokens {prompt_tokens} is not a .npy array of integer codec ids (np.save of the "
-                             "ids sample.py writes)")
-        if ids.ndim != 1:
-            raise ValueError(f"--prompt_tokens {prompt_tokens} holds an array of shape {ids.shape}: give one "
-                             "recording's ids, a 1-D array (np.save of the ids sample.py writes)")
-        ids = ids.astype(np.int64)
-        if len(ids) == 0 or ids.min() < 0 or ids.max() >= N_AUDIO:
-            raise ValueError(f"--prompt_tokens {prompt_tokens} must hold Stable Codec ids 0..{N_AUDIO - 1}")
-        return prompt_text.strip().encode(), ids
     try:
-        wav = load_audio(prompt_audio)
-    except ValueError as e:
-        raise ValueError(f"cannot read --prompt_audio {prompt_audio}: {e}") from None
-    if len(wav) < 0.5 * SAMPLE_RATE:
-        raise ValueError(f"--prompt_audio {prompt_audio} is shorter than 0.5 s; use 3 to 10 s of clean speech")
-    if not np.isfinite(wav).all() or rms_db(wav) < -60:  # where prepare.py's silence_db skips a clip
-        raise ValueError(f"--prompt_audio {prompt_audio} is silent (or not finite); use 3 to 10 s of clean speech")
-    tokens, lengths = codec_loader().encode([wav], [SAMPLE_RATE])
-    return prompt_text.strip().encode(), tokens[0, : int(lengths[0])].cpu().numpy()
+        return load_voice(prompt_tokens or prompt_audio, prompt_text, codec_loader, ids=bool(prompt_tokens))
+    except ValueError as e:  # it names the file: say which setting gave it
+        raise ValueError(f"{'--prompt_tokens' if prompt_tokens else '--prompt_audio'} {e}") from None
 
 
 if __name__ == "__main__":
@@ -109,8 +87,8 @@ if __name__ == "__main__":
     stream_to = ""  # '-' = raw 16 kHz 16-bit mono PCM on stdout (e.g. | aplay -r 16000 -f S16_LE -c 1)
     audio = "auto"  # write .wav through the codec: auto = for real-speech models, yes = always, no = never
     plot = False  # also write a spectrogram PNG of each .wav
-    seed = 1337
-    batch_size = 16
+    seed = SEED  # text i of a batch draws from its own random stream, seeded seed + i
+    batch_size = BATCH_SIZE  # texts sampled side by side
     codec_config = CONFIG_PATH
     codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture, not speech)
     device = default_device()
@@ -153,7 +131,7 @@ if __name__ == "__main__":
     try:
         texts = read_texts(text, text_file)
         check_seeds([seed + i for i in range(len(texts))])
-        voice = load_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
+        voice = read_voice(prompt_audio, prompt_text, prompt_tokens, codec_loader)
         model, checkpoint = load_model(ckpt or out_dir, device)
         model = model.to(DTYPES[dtype])  # as gpt-fast: weights and KV cache in the compute dtype
         model = quantize_model(model, quantize)

@@ -36,8 +36,7 @@ from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling
-from speak import SEEDS, SpeechMissing, check_seeds, synthesize
-from sample import load_voice
+from speak import SEEDS, SpeechMissing, check_seeds, load_voice, synthesize
 from synthetic import SyntheticSpeech
 
 # -----------------------------------------------------------------------------
@@ -60,12 +59,13 @@ audio = "auto"  # answer audio through the codec: auto = when the codec loads, y
 device = default_device()
 dtype = default_dtype()  # of the weights and the KV cache
 # torch's CPU threads for sampling; 0 = one fewer than torch's default (its cores, or OMP_NUM_THREADS), at least
-# one: the core left is the event loop's (HTTP, JSON, WAV encoding). On the 2-core dev box that is 1 thread, which
-# served 30-50% more tokens/s than torch's two, alone and under load (docs/serving.md)
+# one: the core left is the event loop's (HTTP, JSON, WAV encoding), which a sampler spread over every core would
+# wait on (docs/serving.md: Threads)
 threads = 0
 # -----------------------------------------------------------------------------
 FORMATS = {"wav": ("audio/wav", "WAV", "PCM_16"), "flac": ("audio/flac", "FLAC", "PCM_16"),
-           "mp3": ("audio/mpeg", "MP3", "MPEG_LAYER_III"), "pcm": ("audio/L16; rate=16000; channels=1", None, None),
+           "mp3": ("audio/mpeg", "MP3", "MPEG_LAYER_III"),
+           "pcm": (f"audio/L16; rate={SAMPLE_RATE}; channels=1", None, None),
            "tokens": ("application/json", None, None)}  # tokens: Dirt's own, the codec ids and what they say
 STREAMED = ("wav", "pcm", "tokens")  # formats that can be written before their length is known
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "max_seconds")
@@ -287,10 +287,96 @@ def log(job, status):
           f"{since(job.first_audio)}, batch of {job.batch}, seed {job.seed}", flush=True)
 
 
-def make_app(batcher):
-    from fastapi import FastAPI, Request
+async def read_body(request):
+    """The request's body, kept no further than the longest a request within --max_chars can be: past that a 413, so
+    that no client can make the server hold gigabytes. The rest is read and dropped, so that the client, still
+    sending, gets the answer instead of a reset connection."""
+    limit = 12 * max_chars + 65536  # every character JSON-escaped as a surrogate pair (12 bytes), other fields
+    body, size = bytearray(), 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            body += chunk
+    if size > limit:
+        raise ClientError(413, f"the request body is {size} bytes, over {limit}: input is at most {max_chars} "
+                               "characters on this server (--max_chars); split it into several requests", "input")
+    return bytes(body)
+
+
+async def next_event(job, disconnected):
+    """The job's next event from the sampler; a ClientError on a disconnect, a timeout or a long wait in the queue."""
+    while True:
+        if time.time() - job.arrived > request_timeout:
+            raise ClientError(504, f"request timed out after {request_timeout} s (--request_timeout)")
+        if job.started is None and time.time() - job.arrived > max_queue_wait:
+            raise ClientError(503, f"waited over {max_queue_wait} s for a batch (--max_queue_wait); the server is "
+                                   "busy, try again shortly")
+        try:
+            return await asyncio.wait_for(job.events.get(), 0.2)
+        except asyncio.TimeoutError:
+            if await disconnected():
+                raise ClientError(499, "client disconnected")
+
+
+async def whole_answer(batcher, job, fmt, headers, disconnected):
+    """The answer in one piece once the job is done: its audio in fmt, or its tokens."""
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, Response, StreamingResponse
+    from fastapi.responses import Response
+
+    try:
+        while (event := await next_event(job, disconnected))[0] == "token":
+            pass
+    except ClientError as e:
+        batcher.cancel(job)
+        log(job, e.status)
+        raise
+    if event[0] == "error":
+        log(job, 500)
+        return error_response(500, event[1])
+    body = await run_in_threadpool(encode, job.tokens, fmt)
+    headers.update({"X-Dirt-Tokens": str(len(job.tokens)), "X-Dirt-Heard": urllib.parse.quote(heard(job.tokens))})
+    job.first_audio = time.time()
+    log(job, 200)
+    return Response(body, media_type=FORMATS[fmt][0], headers=headers)
+
+
+async def streamed_answer(batcher, job, fmt):
+    """The answer as it is made: one token id per line, or raw PCM (after a WAV header) as fast as the streaming
+    decoder turns the tokens into audio."""
+    from fastapi.concurrency import run_in_threadpool
+
+    pieces, status = [], 200
+    decoder = None if fmt == "tokens" else StreamingDecoder(CODEC, lambda wav: pieces.append(pcm16(wav)))
+    try:
+        if fmt == "wav":
+            yield wav_header()
+        while True:  # a client that goes away closes this generator: see finally
+            kind, value = await next_event(job, lambda: asyncio.sleep(0, result=False))
+            if kind == "error":
+                status = 500
+                break
+            if decoder is None and kind == "token":
+                pieces.append(f"{value}\n".encode())
+            elif decoder is not None:
+                await run_in_threadpool(*([decoder.push, value] if kind == "token" else [decoder.flush]))
+            for piece in pieces:
+                job.first_audio = job.first_audio or time.time()
+                yield piece
+            pieces.clear()
+            if kind == "done":
+                break
+    except ClientError as e:  # a timeout: the stream just ends, short
+        status = e.status
+    finally:  # also when the client goes away: the generator is closed, and the row dropped
+        if job.finished is None:
+            batcher.cancel(job)
+        log(job, status if not job.cancelled or status != 200 else 499)
+
+
+def make_app(batcher):
+    """The HTTP side: OpenAI's speech endpoint and Dirt's own, every error a JSON one."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, StreamingResponse
 
     app = FastAPI(title="Dirt", docs_url=None, redoc_url=None)
     ids = iter(range(1, 1 << 62))
@@ -314,7 +400,8 @@ def make_app(batcher):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": MODEL_NAME, "synthetic": SYNTHETIC, "codec": CODEC is not None,
-                "queued": len(batcher.queue), "running": len(batcher.live()), "voices": list(VOICES)}
+                "queued": len(batcher.queue), "running": len(batcher.live()), "voices": list(VOICES),
+                "sampling": {k: getattr(SAMPLING, k) for k in SAMPLING_FIELDS}}  # a request's, when it gives none
 
     @app.get("/v1/voices")
     async def list_voices():
@@ -324,91 +411,15 @@ def make_app(batcher):
     async def list_models():
         return {"object": "list", "data": [{"id": "dirt", "object": "model", "owned_by": MODEL_NAME}]}
 
-    async def read_body(request):
-        """The request's body, kept no further than the longest a request within --max_chars can be: past that a
-        413, so that no client can make the server hold gigabytes. The rest is read and dropped, so that the client,
-        still sending, gets the answer instead of a reset connection."""
-        limit = 12 * max_chars + 65536  # every character JSON-escaped as a surrogate pair (12 bytes), other fields
-        body, size = bytearray(), 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limit:
-                body += chunk
-        if size > limit:
-            raise ClientError(413, f"the request body is {size} bytes, over {limit}: input is at most {max_chars} "
-                                   "characters on this server (--max_chars); split it into several requests", "input")
-        return bytes(body)
-
     @app.post("/v1/audio/speech")
     async def speech(request: Request):
         text, voice, fmt, stream, sampling, job_seed = parse_request(await read_body(request))
         job = Job(next(ids), text, VOICES[voice], sampling, job_seed, stream, asyncio.get_running_loop())
         batcher.submit(job)
         headers = {"X-Request-Id": str(job.id), "X-Dirt-Seed": str(job.seed)}
-
-        async def next_event(disconnected):
-            """The job's next event; on a disconnect, a timeout or a long wait in the queue, it is cancelled."""
-            while True:
-                if time.time() - job.arrived > request_timeout:
-                    raise ClientError(504, f"request timed out after {request_timeout} s (--request_timeout)")
-                if job.started is None and time.time() - job.arrived > max_queue_wait:
-                    raise ClientError(503, f"waited over {max_queue_wait} s for a batch (--max_queue_wait); "
-                                           "the server is busy, try again shortly")
-                try:
-                    return await asyncio.wait_for(job.events.get(), 0.2)
-                except asyncio.TimeoutError:
-                    if await disconnected():
-                        raise ClientError(499, "client disconnected")
-
-        if not stream:
-            try:
-                while (event := await next_event(request.is_disconnected))[0] == "token":
-                    pass
-            except ClientError as e:
-                batcher.cancel(job)
-                log(job, e.status)
-                raise
-            if event[0] == "error":
-                log(job, 500)
-                return error_response(500, event[1])
-            body = await run_in_threadpool(encode, job.tokens, fmt)
-            headers["X-Dirt-Tokens"] = str(len(job.tokens))
-            headers["X-Dirt-Heard"] = urllib.parse.quote(heard(job.tokens))
-            job.first_audio = time.time()
-            log(job, 200)
-            return Response(body, media_type=FORMATS[fmt][0], headers=headers)
-
-        async def chunks():
-            """The answer as it is made: one token id per line, or raw PCM (after a WAV header) as fast as the
-            streaming decoder turns the tokens into audio."""
-            pieces, status = [], 200
-            decoder = None if fmt == "tokens" else StreamingDecoder(CODEC, lambda wav: pieces.append(pcm16(wav)))
-            try:
-                if fmt == "wav":
-                    yield wav_header()
-                while True:  # a client that goes away closes this generator: see finally
-                    kind, value = await next_event(lambda: asyncio.sleep(0, result=False))
-                    if kind == "error":
-                        status = 500
-                        break
-                    if decoder is None and kind == "token":
-                        pieces.append(f"{value}\n".encode())
-                    elif decoder is not None:
-                        await run_in_threadpool(*([decoder.push, value] if kind == "token" else [decoder.flush]))
-                    for piece in pieces:
-                        job.first_audio = job.first_audio or time.time()
-                        yield piece
-                    pieces.clear()
-                    if kind == "done":
-                        break
-            except ClientError as e:  # a timeout: the stream just ends, short
-                status = e.status
-            finally:  # also when the client goes away: the generator is closed, and the row dropped
-                if job.finished is None:
-                    batcher.cancel(job)
-                log(job, status if not job.cancelled or status != 200 else 499)
-
-        return StreamingResponse(chunks(), media_type=FORMATS[fmt][0], headers=headers)
+        if stream:
+            return StreamingResponse(streamed_answer(batcher, job, fmt), media_type=FORMATS[fmt][0], headers=headers)
+        return await whole_answer(batcher, job, fmt, headers, request.is_disconnected)
 
     return app
 
@@ -438,13 +449,11 @@ def load_voices(folder, codec_loader):
                 words = f.read()
             if not words.strip():
                 raise ValueError(f"{transcript} is empty: write the words spoken in {name} to it")
-            npy = ext == ".npy"
-            # (load_voice's messages name sample.py's flags: here they are this file's)
-            found[stem] = load_voice("" if npy else path, words, path if npy else "", codec_loader)
+            found[stem] = load_voice(path, words, codec_loader, ids=ext == ".npy")
         except UnicodeDecodeError as e:
             raise ValueError(f"--voices: {transcript} is not UTF-8 (byte {e.start}); re-save it as UTF-8") from None
-        except ValueError as e:
-            raise ValueError(f"--voices: {name}: {re.sub(r'--prompt_(tokens|audio) ', '', str(e))}") from None
+        except ValueError as e:  # it names the file
+            raise ValueError(f"--voices: {e}") from None
     return found
 
 
@@ -493,11 +502,13 @@ if __name__ == "__main__":
         VOICES = load_voices(voices, lambda: CODEC if CODEC else Codec(codec_config, codec_ckpt or None, device))
         for name, voice in VOICES.items():  # one token in each voice: a prompt too long for the model fails now
             try:
-                synthesize(model, [b"Hello."], replace(SAMPLING, max_seconds=0.04), voices=[voice], strict=False)
+                one_token = replace(SAMPLING, max_seconds=1 / TOKENS_PER_SECOND)
+                synthesize(model, [b"Hello."], one_token, voices=[voice], strict=False)
             except ValueError as e:
                 raise ValueError(f"--voices: {name}: {e}") from None
     except (ValueError, CheckpointError, CodecUnavailable) as e:
         fail(str(e))
     print(f"serving {MODEL_NAME} on http://{host}:{port}/ (voices: {', '.join(VOICES)}; codec: "
-          f"{'yes' if CODEC else 'no'}; batches of up to {max_batch}; CPU threads: {torch.get_num_threads()})", flush=True)
+          f"{'yes' if CODEC else 'no'}; batches of up to {max_batch}; CPU threads: {torch.get_num_threads()})",
+          flush=True)
     uvicorn.run(make_app(Batcher(model)), host=host, port=port, log_level="warning", access_log=False)

@@ -3,7 +3,11 @@ Texts of any length into speech, on generate.py's batched sampler: `synthesize` 
 context at sentence ends and speaks each chunk as the continuation of the last (so the voice holds), continues a
 voice prompt, keeps the most likely of best_of samples, checks that every chunk came back with its speech
 (`missing_speech`, else `SpeechMissing`), and streams each text's tokens as they come. sample.py, eval.py, serve.py
-and train.py's samples all speak through it.
+and train.py's samples all speak through it; `load_voice` reads a voice prompt from a file for sample.py and serve.py.
+
+Read top to bottom: splitting text, the checks, `Texts` (each text's chunks and what it has said), `synthesize`,
+then its two paths: `speak_round` (a batch of next chunks, sampled again on a slip) and `speak_streamed` (every
+chunk in one running batch, tokens handed on as they come).
 """
 
 import re
@@ -11,9 +15,9 @@ import re
 import numpy as np
 import torch
 
-from codec import TOKENS_PER_SECOND
+from codec import SAMPLE_RATE, TOKENS_PER_SECOND, load_audio, rms_db
 from generate import Sampling, generate, stream, token_logprobs
-from model import EOA, make_prompt, text_to_tokens
+from model import EOA, N_AUDIO, make_prompt, text_to_tokens
 
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:。！？।])\s+|\n+")
@@ -350,3 +354,39 @@ def chunk_ended(state, i, audio, anchor, on_token, strict):
         return True
     on_token(i, None)
     return False
+
+
+def load_voice(path, transcript, codec_loader, ids=False):
+    """
+    A voice prompt for synthesize, (transcript bytes, audio ids): the recording at path, encoded by codec_loader()'s
+    codec, or (ids=True) the codec ids np.save wrote there, as sample.py writes them. transcript: the words spoken
+    in it. sample.py's --prompt_audio / --prompt_tokens and serve.py's --voices read voices through it. A file that
+    will not do is a one-line ValueError that starts with path, so that each caller names its own setting before it.
+    """
+    if ids:
+        not_ids = f"{path} is not a .npy array of integer codec ids (np.save of the ids sample.py writes)"
+        try:
+            audio = np.load(path, allow_pickle=False)  # never unpickle: a .npy of an object array is refused
+        except OSError as e:
+            raise ValueError(f"{path} cannot be read: {e.strerror or e}") from None
+        except (ValueError, EOFError):  # not a .npy, or a pickle (whose message advises loading it unsafely)
+            raise ValueError(not_ids) from None
+        if not isinstance(audio, np.ndarray) or audio.dtype.kind not in "iu":
+            raise ValueError(not_ids)
+        if audio.ndim != 1:
+            raise ValueError(f"{path} holds an array of shape {audio.shape}: give one recording's ids, a 1-D array "
+                             "(np.save of the ids sample.py writes)")
+        audio = audio.astype(np.int64)
+        if len(audio) == 0 or audio.min() < 0 or audio.max() >= N_AUDIO:
+            raise ValueError(f"{path} must hold Stable Codec ids 0..{N_AUDIO - 1}")
+        return transcript.strip().encode(), audio
+    try:
+        wav = load_audio(path)
+    except ValueError as e:
+        raise ValueError(f"{path} cannot be read: {e}") from None
+    if len(wav) < 0.5 * SAMPLE_RATE:
+        raise ValueError(f"{path} is shorter than 0.5 s; use 3 to 10 s of clean speech")
+    if not np.isfinite(wav).all() or rms_db(wav) < -60:  # where prepare.py's silence_db skips a clip
+        raise ValueError(f"{path} is silent (or not finite); use 3 to 10 s of clean speech")
+    tokens, lengths = codec_loader().encode([wav], [SAMPLE_RATE])
+    return transcript.strip().encode(), tokens[0, : int(lengths[0])].cpu().numpy()

@@ -18,8 +18,8 @@ per-utterance CSV and a JSON line:
 From Python:
     from speech_metrics import Transcriber, load_asterisk_prompts, reference_eval
     summary, rows = reference_eval(load_asterisk_prompts(40), Transcriber())
-    plot_spectrogram(wav, 16000, 'spec.png', 'title')       # log-mel in dB over seconds and Hz
-    plot_alignment(attn, 'align.png', 'title', text=b'...')  # attention [text bytes, audio frames]
+    plot_spectrogram(wav, codec.SAMPLE_RATE, 'spec.png', 'title')  # log-mel in dB over seconds and Hz
+    plot_alignment(attn, 'align.png', 'title', text=b'...')        # attention [text bytes, audio frames]
 """
 import functools
 import gzip
@@ -33,7 +33,7 @@ import numpy as np
 
 # the codec's rate and its audio reader, the one every script uses; Whisper, DNSMOS and resemblyzer work at 16 kHz too
 from codec import SAMPLE_RATE as SR
-from codec import load_audio
+from codec import TOKENS_PER_SECOND, load_audio
 ASTERISK_DIR = '/usr/share/asterisk/sounds/en_US_f_Allison'
 ASTERISK_TEXT = '/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz'
 
@@ -130,8 +130,8 @@ def default_whisper_model():
 
 class Transcriber:
     """Whisper speech-to-text. model: a CTranslate2 model directory, or a name faster-whisper can download
-    ('small.en'); default the bundled tiny.en. Beam search takes no more CPU than greedy here (the 30 s encoder
-    window dominates) and cuts tiny.en's WER on the 212 clean Asterisk prompts from 3.2% to 2.7%, so it stays on."""
+    ('small.en'); default the bundled tiny.en. Beam search stays on: the encoder's 30 s window costs more than the
+    beams, and beams hear clean speech better (docs/results.md: the reference ceiling)."""
 
     def __init__(self, model=None, beam_size=5, language=None, threads=0):
         fw = _need('faster_whisper', 'pip install faster-whisper')
@@ -179,10 +179,10 @@ def speaker_embedding(wav, sr=SR):
     import torch
     from resemblyzer import preprocess_wav
     wav = preprocess_wav(np.asarray(wav, dtype=np.float32), source_sr=sr)
-    if wav.size < 1600:  # nothing left after trimming silence: no voice to compare
+    if wav.size < SR // 10:  # nothing left after trimming silence (at 16 kHz too): no voice to compare
         return None
-    # a small LSTM: one thread is as fast as two, and immune to the 20-50x slowdown that torch's spinning
-    # OpenMP threads suffer while another job (a training run) keeps the CPU busy
+    # a small LSTM: one thread is as fast as two, and immune to the slowdown that torch's spinning OpenMP
+    # threads suffer while another job (a training run) keeps the CPU busy (docs/results.md: the reference ceiling)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -207,8 +207,8 @@ def _p808_session():
 
 def dnsmos(wav, sr=SR, full=False):
     """DNSMOS of one clip on a 1-5 scale: {'p808'} (real speech ~3.6-3.8, white noise ~2.1), and with full=True
-    also DNSMOS P.835 {'ovrl', 'sig', 'bak'}, which costs ~0.5 s of CPU per 9 s window against ~0.07 s for
-    P.808, so it is opt-in. Windows as in DNSMOS: a clip is doubled until >= 9.01 s, then scored in 9.01 s
+    also DNSMOS P.835 {'ovrl', 'sig', 'bak'}, which costs several times P.808's CPU (docs/results.md: the reference
+    ceiling), so it is opt-in. Windows as in DNSMOS: a clip is doubled until >= 9.01 s, then scored in 9.01 s
     windows every 1 s and averaged (within ~0.01 of speechmos.dnsmos.run, whose float-rounded window ends
     drop some windows). NaN for a clip under 0.1 s."""
     librosa, sess = _need('librosa', 'pip install librosa'), _p808_session()
@@ -320,7 +320,7 @@ def read_test_list(path, need_audio=True):
 def reference_eval(items, transcriber, mos=True, speaker_ref=None, lang='en', prompts=None):
     """Score (name, wav at 16 kHz, text) triples: Whisper transcript -> WER/CER, plus DNSMOS, plus speaker
     similarity to a 16 kHz reference voice: speaker_ref (one wav for all) or prompts (one wav or None per item).
-    mos=True scores DNSMOS P.808, mos='full' adds P.835 (5x slower), mos=False skips it. transcriber=None
+    mos=True scores DNSMOS P.808, mos='full' adds P.835 (slower: see dnsmos), mos=False skips it. transcriber=None
     (no Whisper here) skips WER/CER. On ground-truth recordings this is the ceiling; eval.py runs the same thing on
     codec and generated audio. Returns (summary: corpus WER/CER and the means of the rest, per-utterance rows for
     a CSV). A metric that can't run here appears in summary['not_computed'] with its one-line reason, under the
@@ -410,7 +410,7 @@ def plot_spectrogram(wav, sr=SR, path=None, title='', n_mels=80, top_db=80.0):
     return fig
 
 
-def plot_alignment(attn, path=None, title='', text=None, frames_per_second=25):
+def plot_alignment(attn, path=None, title='', text=None, frames_per_second=TOKENS_PER_SECOND):
     """A text-by-audio attention matrix [text bytes, audio frames] as an image: x = audio in seconds (frames at
     frames_per_second), y = text byte, labelled with the text's characters when it is given and short enough to
     read. A good alignment is a bright line from bottom left to top right. Writes a PNG to path when given;

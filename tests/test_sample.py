@@ -244,7 +244,8 @@ def test_sample_cli_prompt_stream_and_errors(trained, tmp_path):
     assert "streamed: time to first token" in proc.stderr and os.path.exists(tmp_path / "s" / "000.npy")
     for args, needle in [(["--prompt_tokens=" + str(tmp_path / "voice.npy")], "needs its transcript"),
                          (["--prompt_text=hello"], "needs --prompt_audio"),
-                         (["--prompt_audio=/nonexistent.wav", "--prompt_text=hi"], "cannot read --prompt_audio"),
+                         (["--prompt_audio=/nonexistent.wav", "--prompt_text=hi"],
+                          "--prompt_audio /nonexistent.wav cannot be read"),
                          (["--cfg_scale=0"], "cfg_scale"), (["--max_seconds=-1"], "max_seconds"),
                          (["--best_of=0"], "best_of"), (["--stream=True", "--best_of=2"], "best_of"),
                          (["--stream=True", "--text_file=" + str(tmp_path / "two.txt")], "one text")]:

@@ -359,6 +359,9 @@ def test_web_page_plays_in_headless_chromium(server, tmp_path_factory, capsys):
         browser.get(url + "/")
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#voice option")) == 3)
+        defaults = get(url + "/health")["sampling"]  # the sliders start at the server's settings
+        wait.until(lambda b: all(abs(float(b.find_element(By.ID, k).get_attribute("value")) - defaults[k]) < 1e-9
+                                 for k in ("temperature", "top_p", "cfg_scale")))
         box = browser.find_element(By.ID, "text")
         box.clear()
         box.send_keys("Call me tomorrow.")
