@@ -126,12 +126,12 @@ def decode_compile_options(device):
     once, in layers.matvec's product-and-sum loops, and inductor by default inlines whatever computed a loop's input
     vector (the RMSNorm before it, even the embedding lookups of the first layer) into the loop, recomputing it once
     per weight row: hidden behind memory in fp32, it is most of an int8 step. Realizing every elementwise result that
-    reads more than one buffer (realize_acc_reads_threshold=1) computes each input once. On CUDA the step is replayed as a CUDA graph, and at batch 1 it is bound by
-    its ~150 small kernels, not by memory bandwidth; so, as gpt-fast: coordinate-descent tuning (with it inductor also
-    writes each batch-1 matrix-vector product as a Triton reduction fused with its neighbours, the RMSNorm before it
-    say, instead of a cuBLAS call), combo kernels (small independent kernels launched as one) and, from Hopper on,
-    programmatic dependent launch (a kernel's start overlaps the end of the one before). What each gains:
-    docs/results.md.
+    reads more than one buffer (realize_acc_reads_threshold=1) computes each input once. On CUDA the step is replayed
+    as a CUDA graph, and at batch 1 it is bound by its many small kernels, not by memory bandwidth; so, as gpt-fast:
+    coordinate-descent tuning (with it inductor also writes each batch-1 matrix-vector product as a Triton reduction
+    fused with its neighbours, the RMSNorm before it say, instead of a cuBLAS call), combo kernels (small independent
+    kernels launched as one) and, from Hopper on, programmatic dependent launch (a kernel's start overlaps the end of
+    the one before). What each gains: docs/results.md.
     """
     if not str(device).startswith("cuda"):
         return {"realize_acc_reads_threshold": 1}
@@ -350,7 +350,8 @@ class Batch:
         rows = [p for p, _, _ in specs] + ([u for _, u, _ in specs] if self.guided else [])
         for (p, _, _), cap in zip(specs, caps):  # (an unconditional prompt is its prompt without the text)
             if len(p) + cap > self.cfg.block_size:
-                raise ValueError(f"prompt ({len(p)}) + max_new_tokens ({cap}) exceeds block_size {self.cfg.block_size}")
+                raise ValueError(f"prompt ({len(p)}) + max_new_tokens ({cap}) exceeds block_size "
+                                 f"{self.cfg.block_size}")
         device = self.device
         lengths = torch.tensor([len(p) for p in rows], device=device)[:, None]
         P = int(lengths.max())
