@@ -346,7 +346,7 @@ class Batch:
                                 at["anchor_at"] if anchored else None, at["anchor_byte"] if anchored else None)
 
     def prompts(self, specs, caps):
-        """Left-pad the prompts of specs [(prompt, uncond, anchor)]: -> idx, at (see the class), anchor marks or None."""
+        """Left-pad the prompts of specs [(prompt, uncond, anchor)]. -> idx, at (see the class), anchors or None."""
         rows = [p for p, _, _ in specs] + ([u for _, u, _ in specs] if self.guided else [])
         for (p, _, _), cap in zip(specs, caps):  # (an unconditional prompt is its prompt without the text)
             if len(p) + cap > self.cfg.block_size:
