@@ -28,14 +28,14 @@ import io
 import json
 import math
 import os
-import pickle
-import re
 import sys
 import types
 import warnings
 
 import numpy as np
 import torch
+
+from common import load_exactly, load_tensors, why_unreadable
 
 SAMPLE_RATE = 16000
 HOP = 640  # audio samples per token
@@ -44,12 +44,13 @@ PRESET = '1x46656_400bps'  # one FSQ stage, 6 latent dimensions x 6 levels
 LEVELS, DIMS = 6, 6
 VOCAB = LEVELS ** DIMS  # 46656
 TARGET_LUFS = -20.0  # the loudness the codec was trained at
+CODEC_REPO = 'stabilityai/stable-codec-speech-16k'  # the Hugging Face model the weights come from
 CONFIG_PATH = 'checkpoints/stable-codec/model_config.json'  # where `hf download` below puts the weights
 CKPT_PATH = 'checkpoints/stable-codec/model.ckpt'
 SAFETENSORS_PATH = 'checkpoints/stable-codec/model.safetensors'  # the same weights: either file is read
 
 INSTALL = 'pip install --no-deps -r requirements-codec.txt'
-DOWNLOAD = ('pip install huggingface_hub && hf auth login && hf download stabilityai/stable-codec-speech-16k '
+DOWNLOAD = (f'pip install huggingface_hub && hf auth login && hf download {CODEC_REPO} '
             '--local-dir checkpoints/stable-codec (after accepting the licence on that model page)')
 
 
@@ -117,12 +118,12 @@ def preprocess(wav, sample_rate):
     return normalize_loudness(x)
 
 
-
 def load_audio(path, sr=SAMPLE_RATE, format=None):
     """
     An audio file (a path, or a binary file object such as io.BytesIO of a file's bytes) -> mono float32 at sr
-    (channels averaged, soxr's resampler, as preprocess): the one reader of sample.py, eval.py and prepare.py. WAV, FLAC, OGG, MP3 through soundfile; anything else FFmpeg reads through
-    PyAV (requirements-eval.txt), and format='g722' for raw G.722. Raises ValueError with a one-line reason.
+    (channels averaged, soxr's resampler, as preprocess): the one reader of sample.py, eval.py and prepare.py. WAV,
+    FLAC, OGG, MP3 through soundfile; anything else FFmpeg reads through PyAV (requirements-eval.txt), and
+    format='g722' for raw G.722. Raises ValueError with a one-line reason.
     """
     import soundfile
     import soxr
@@ -225,7 +226,6 @@ def _import_stable_codec():
 # not match the model: a checkpoint of another config (or another stable_audio_tools' layer names) would load as
 # random weights without a word, and prepare.py would write a corpus of meaningless tokens. So Codec builds the
 # model with no checkpoint and loads the file itself, requiring an exact match.
-LFS_POINTER = b'version https://git-lfs.github.com/spec/v1'  # what a checkout without `git lfs pull` holds
 
 
 def read_config(path):
@@ -233,9 +233,10 @@ def read_config(path):
     try:
         with open(path, encoding='utf-8') as f:
             config = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        raise CodecCheckpointError(f'codec config {path} is not JSON ({e}): pass the model_config.json that came '
-                                   f'with the checkpoint, or download both again: {DOWNLOAD}') from None
+    except Exception as e:  # not JSON, not text, nested past the parser's depth, unreadable: all one mistake
+        reason = e.strerror if isinstance(e, OSError) else (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CodecCheckpointError(f'codec config {path} is not JSON ({reason}): pass the model_config.json that '
+                                   f'came with the checkpoint, or download both again: {DOWNLOAD}') from None
     if not isinstance(config, dict):
         raise CodecCheckpointError(f'codec config {path} is JSON but not an object: pass the model_config.json '
                                    f'that came with the checkpoint')
@@ -245,41 +246,22 @@ def read_config(path):
 def read_state_dict(path):
     """A codec checkpoint's tensors, read as stable_audio_tools' load_ckpt_state_dict reads the published files
     (get_pretrained_model loads those strictly, so their names are the model's own and nothing is stripped):
-    *.safetensors with safetensors, anything else with torch.load as {'state_dict': {name: tensor}}. torch.load
-    runs with weights_only=True, so a pickle that would run code is refused before any of it runs."""
+    *.safetensors with safetensors, anything else with torch.load as {'state_dict': {name: tensor}}, no code from
+    the file run (common.load_tensors). Whatever is wrong with the file is a CodecCheckpointError of one line."""
     path = os.fspath(path)
-
-    def bad(what):
-        return CodecCheckpointError(f'codec checkpoint {path} {what}')
-    again = f'download it again: {DOWNLOAD}'
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(len(LFS_POINTER))
-    except OSError as e:
-        raise bad(f'cannot be read ({e.strerror})') from None
-    if not head:
-        raise bad(f'is empty (0 bytes): {again}')
-    if head == LFS_POINTER:
-        raise bad(f'is a Git LFS pointer, not the weights: run git lfs pull in its repository, or {DOWNLOAD}')
+    what = f'codec checkpoint {path} is not a Stable Codec checkpoint (model.ckpt or model.safetensors)'
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
             state = load_file(path)
         else:
-            state = torch.load(path, map_location='cpu', weights_only=True)
+            state = load_tensors(path)
             state = state.get('state_dict') if isinstance(state, dict) else None
-    except pickle.UnpicklingError as e:
-        needs = re.search(r'GLOBAL ([\w.]+)', str(e))  # the weights_only unpickler names what it refused to call
-        if needs is None:  # not a pickle at all (torch's long message says only that weights_only failed)
-            raise bad(f'is truncated or corrupt (not a torch checkpoint): {again}') from None
-        raise bad(f'is a pickle that needs code to load ({needs[1]}); torch.load(weights_only=True) refused it and '
-                  f'ran none of it: use the published model.ckpt or model.safetensors') from None
     except Exception as e:  # safetensors' and torch's errors for a cut or damaged file have no common type
-        reason = str(e).splitlines()[0] if str(e) else 'ends early'
-        raise bad(f'is truncated or corrupt ({type(e).__name__}: {reason}): {again}') from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise bad("holds no {'state_dict': {name: tensor}}, the layout stable_audio_tools exports: "
-                  "use the published model.ckpt or model.safetensors")
+        raise CodecCheckpointError(f'{what}: {why_unreadable(path, e)}; download it again: {DOWNLOAD}') from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CodecCheckpointError(f"{what}: it holds no {{'state_dict': {{name: tensor}}}}, the layout "
+                                   "stable_audio_tools exports; use the published model.ckpt or model.safetensors")
     return state
 
 
@@ -287,22 +269,11 @@ def load_weights(model, state, ckpt_path, config_path):
     """Copy `state` into `model` if it holds exactly the model's tensors (every parameter and persistent buffer,
     same names and shapes, nothing else); otherwise CodecCheckpointError with the counts and one example each.
     Non-persistent buffers (the training FSQ's level tables) are computed from the config, never saved."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
-    extra = [k for k in state if k not in own]
-    if missing or reshaped or extra:
-        problems = [f'{len(missing)} of the model\'s {len(own)} tensors missing (e.g. {missing[0]})'] if missing else []
-        if reshaped:
-            k = reshaped[0]
-            problems.append(f'{len(reshaped)} of another shape (e.g. {k}: {list(state[k].shape)} in the file, '
-                            f'{list(own[k].shape)} in the model)')
-        if extra:
-            problems.append(f'{len(extra)} not in the model (e.g. {extra[0]})')
+    problems = load_exactly(model, state)
+    if problems:
         raise CodecCheckpointError(f'codec checkpoint {ckpt_path} does not fit the model of {config_path}: '
-                                   f'{", ".join(problems)}. Fix: pass the model_config.json that came with this '
+                                   f'{problems}. Fix: pass the model_config.json that came with this '
                                    f'checkpoint, or download both again: {DOWNLOAD}')
-    model.load_state_dict(state)  # strict: the check above is what it would refuse, said in one line
 
 
 # -----------------------------------------------------------------------------
@@ -343,9 +314,14 @@ class Codec:
             self.codec = self._build(config_path, ckpt_path)
             self.codec.to(self.device)
             self.codec.device = self.device  # StableCodec places its post-hoc bottleneck there
-            self.codec.set_posthoc_bottleneck(PRESET)
-        stages = [q._levels.tolist() for q in self.codec.residual_fsq.quantizers]
-        assert stages == [[LEVELS] * DIMS], f'post-hoc bottleneck {PRESET} gave FSQ stages {stages}'
+            try:
+                self.codec.set_posthoc_bottleneck(PRESET)
+                stages = [q._levels.tolist() for q in self.codec.residual_fsq.quantizers]
+            except Exception as e:  # a config of another kind of model: no FSQ bottleneck to set
+                stages = type(e).__name__
+        if stages != [[LEVELS] * DIMS]:
+            raise CodecCheckpointError(f'codec config {config_path} gives no {PRESET} bottleneck (FSQ stages: '
+                                       f'{stages}): pass the model_config.json of {CODEC_REPO}')
 
         for w in caught:
             if not issubclass(w.category, _NOISE):

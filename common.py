@@ -1,14 +1,18 @@
 """
 The few helpers and constants that several scripts share, each defined once: the one-line error a user sees, atomic
 file writes, the compute dtypes, the default device, torchrun's processes, GPU peak FLOP/s, how a skipped file is
-reported.
+reported, and how a model file is read (no code from it runs) and said to be unreadable.
 """
 
 import os
+import pickle
+import re
 import sys
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.distributed
 
@@ -17,6 +21,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # dense bf16 peak FLOP/s by GPU name, for MFU (train.py, bench.py); the first name found in the device's name wins
 GPU_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12), ("L40", 181e12),
                   ("A10", 125e12), ("L4", 121e12), ("3090", 71e12), ("V100", 125e12))
+
+
+# what a checkout without `git lfs pull` holds in place of a large file
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 
 
 def fail(message, code=1):
@@ -95,3 +103,73 @@ def skip_line(name, reason, detail=""):
 def skip_summary(reasons):
     """The skipped files counted by reason, most first: '3 missing audio, 1 unreadable'."""
     return ", ".join(f"{n} {r}" for r, n in sorted(Counter(reasons).items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# -----------------------------------------------------------------------------
+# reading model files: nothing in them runs, and whatever is wrong with one is said in a few words of our own
+
+
+def load_tensors(path, device="cpu"):
+    """torch.load for every pickle Dirt reads: weights_only, so a file that would run code is refused before any of
+    it runs, and torch's warnings kept back (one about an odd pickle protocol advises turning weights_only off)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_array(path):
+    """A .npy file's array, never unpickled (an object array is refused); anything else (an .npz archive, a cut or
+    foreign file) is a ValueError whose one line says why (why_unreadable)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy's errors for a cut or foreign file have no common type (BadZipFile, TokenError)
+        raise ValueError(why_unreadable(path, e)) from None
+    if not isinstance(array, np.ndarray):  # an .npz archive: np.load takes any zip for one
+        array.close()
+        raise ValueError("it is an .npz archive, not a .npy array")
+    return array
+
+
+def why_unreadable(path, error):
+    """Why a file did not load (error: what the reader raised), in a few words for a one-line error that names the
+    file and what it should be. Never the reader's own message: torch.load's, for one, advises weights_only=False,
+    which would run whatever code the file carries."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or type(e).__name__})"
+    if not head:
+        return "it is empty (0 bytes)"
+    if head == LFS_POINTER:
+        return "it is a Git LFS pointer, not the file: run git lfs pull in its repository"
+    # the weights-only unpickler names what it refused to call; nothing else of its message is used
+    needs = re.search(r"GLOBAL ([\w.]{1,100})", str(error)) if isinstance(error, pickle.UnpicklingError) else None
+    if needs:
+        return f"it is a pickle that needs code to load ({needs[1]}), refused before any of it ran"
+    return f"it is truncated or corrupt ({type(error).__name__})"
+
+
+def load_exactly(model, state):
+    """Copy `state` (name -> tensor) into `model` if it holds exactly the model's tensors (every parameter and
+    persistent buffer, same names and shapes, nothing else) -> ''; otherwise, copying nothing, what keeps it from
+    fitting in a few words: the tensors missing, of another shape and not in the model, counted with one example
+    each (what a strict load_state_dict refuses, said in one line)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    reshaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    extra = [k for k in state if k not in own]
+    problems = [f"{len(missing)} of the model's {len(own)} tensors missing (e.g. {missing[0]})"] if missing else []
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape (e.g. {k}: {list(state[k].shape)} in the file, "
+                        f"{list(own[k].shape)} in the model)")
+    if extra:
+        problems.append(f"{len(extra)} not in the model (e.g. {extra[0]})")
+    if problems:
+        return ", ".join(problems)
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # tensors of the right shapes that cannot be copied in (a dtype torch will not cast)
+        return f"its tensors cannot be copied into the model ({type(e).__name__})"
+    return ""

@@ -26,11 +26,10 @@ Shards checks a split when it opens it, so that a corrupt corpus never trains in
 a known format that lists the split; the three files exist; the index is a 2-D integer array of 7 (v1: 5) columns with
 as many rows as meta.json records; each .bin file has the size meta.json records; every utterance's text and audio lie
 inside their files, the last ending at the file's end, and its border and speaker in range; each file's SHA-256 is the
-one in meta.json (flipped bytes keep every size). Any failure is a CorpusError (a ValueError) of one line naming the
-file and the fix, which train.py and eval.py print as "error: ...". Every file is hashed whole, as that costs little
-next to a run: hashlib's SHA-256 read a 1 GiB file in 0.55 to 0.85 s on one core (x86 with SHA extensions, the file in
-the page cache; 2.5 s when it first came from disk), and 1 GiB of audio ids is some 6,000 hours of speech; the
-60,000-utterance synthetic corpus (10 MB) opens, both splits checked, in 0.02 s.
+one in meta.json (flipped bytes keep every size). Any failure, whatever the bytes on disk, is a CorpusError (a
+ValueError) of one line naming the file and the fix, which train.py and eval.py print as "error: ...". Every file is
+hashed whole, since hashing costs little next to the run that reads the corpus (what it costs: docs/results.md, "What
+the checks cost").
 """
 
 import hashlib
@@ -41,9 +40,10 @@ from array import array
 from contextlib import ExitStack
 
 import numpy as np
+import torch
 
 from codec import TOKENS_PER_SECOND
-from common import atomic_file, atomic_write
+from common import atomic_file, atomic_write, load_array, load_exactly, load_tensors, why_unreadable
 from model import EOA, GPT, N_AUDIO, PAD, SOA, TEXT_OFFSET, GPTConfig
 
 FORMAT = "dirt-shards-v2"
@@ -143,8 +143,9 @@ def read_meta(data_dir):
             meta = json.loads(f.read())
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
-    except ValueError as e:  # not JSON, or not text at all
-        raise CorpusError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {rewrite_hint(data_dir)}") from None
+    except Exception as e:  # not JSON, not text at all, or nested past the parser's depth
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CorpusError(f"{path} is not valid JSON ({reason}); {rewrite_hint(data_dir)}") from None
     if not isinstance(meta, dict):
         raise CorpusError(f"{path} is not a Dirt meta.json (a JSON {type(meta).__name__}, not an object); "
                           f"{rewrite_hint(data_dir)}")
@@ -152,7 +153,24 @@ def read_meta(data_dir):
         raise CorpusError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; {rewrite_hint(data_dir)}")
     if not isinstance(meta.get("splits"), dict):
         raise CorpusError(f"{path} has no \"splits\" object; {rewrite_hint(data_dir)}")
+    if not isinstance(meta.get("speakers", []), list):
+        raise CorpusError(f"{path} has \"speakers\" that are not a list; {rewrite_hint(data_dir)}")
+    per_second = meta.get("tokens_per_second", TOKENS_PER_SECOND)
+    if type(per_second) not in (int, float) or not per_second > 0:
+        raise CorpusError(f"{path} has tokens_per_second {per_second!r}; {rewrite_hint(data_dir)}")
     return meta
+
+
+def split_problem(info):
+    """What keeps a split's entry in meta.json from being one write_split made, in a few words; '' if nothing."""
+    if not isinstance(info, dict):
+        return f"is a JSON {type(info).__name__}, not an object"
+    for k in ("utterances", "text_bytes", "audio_tokens"):
+        if k in info and (type(info[k]) is not int or info[k] < 0):
+            return f"has {k} {info[k]!r}, not a count"
+    if not isinstance(info.get("sha256", {}), dict):
+        return "has a \"sha256\" that is not an object"
+    return ""
 
 
 def file_sha256(path):
@@ -167,15 +185,27 @@ _unverified_noted = set()  # data folders whose note has been printed: one line 
 
 
 class Shards:
-    """One split of a prepared dataset, memory-mapped, checked on opening as the format docstring above says."""
+    """One split of a prepared dataset, memory-mapped, checked on opening as the format docstring above says: any
+    problem is a CorpusError of one line (or FileNotFoundError when there is no meta.json at all)."""
 
     def __init__(self, data_dir, split):
         self.meta = read_meta(data_dir)
         self.fix = rewrite_hint(data_dir)
         self.meta_path = os.path.join(data_dir, "meta.json")
         info = self.meta["splits"].get(split)
-        if not isinstance(info, dict):
+        if info is None:
             raise CorpusError(f"{self.meta_path} lists no {split!r} split; {self.fix}")
+        if problem := split_problem(info):
+            raise CorpusError(f"{self.meta_path}: its {split!r} split {problem}; {self.fix}")
+        try:
+            self._open(data_dir, split, info)
+        except (CorpusError, FileNotFoundError):
+            raise
+        except Exception as e:  # a check above let through what no check foresaw: still one line, naming the split
+            raise CorpusError(f"the {split!r} split of {data_dir} is not one prepare.py writes "
+                              f"({type(e).__name__}); {self.fix}") from None
+
+    def _open(self, data_dir, split, info):
         self.names = {kind: f"{split}.{kind}" for kind in ("index.npy", "text.bin", "audio.bin")}
         self.paths = {kind: os.path.join(data_dir, name) for kind, name in self.names.items()}
         for path in self.paths.values():
@@ -193,10 +223,9 @@ class Shards:
     def _read_index(self, utterances):
         path = self.paths["index.npy"]
         try:
-            index = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise CorpusError(f"{path} is not a readable .npy file ({str(e).splitlines()[0][:120]}); "
-                              f"{self.fix}") from None
+            index = load_array(path)
+        except ValueError as e:
+            raise CorpusError(f"{path} is not a readable .npy file ({e}); {self.fix}") from None
         if index.ndim != 2 or index.dtype.kind not in "iu" or index.shape[1] not in (5, len(INDEX_COLUMNS)):
             raise CorpusError(f"{path} holds an array of shape {index.shape} and type {index.dtype}, not integers of "
                               f"shape (N, {len(INDEX_COLUMNS)}) (or (N, 5) in v1); {self.fix}")
@@ -394,43 +423,67 @@ def get_packed_batch(shards, rows, block_size, batch_size, rng, text_dropout=0.0
 
 def save_checkpoint(path, checkpoint):
     """Atomic: a crash mid-write leaves the previous checkpoint intact."""
-    import torch
-
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path, device="cpu"):
-    """Load without running code from the file (weights_only). Raises CheckpointError with a one-line reason."""
-    import pickle
-    import zipfile
-
-    import torch
-
+    """A checkpoint train.py wrote -> its dict, read without running code from the file. Whatever is wrong with the
+    file (missing, unreadable, not a checkpoint, a key missing or of the wrong type) is a CheckpointError of one
+    line naming it."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}; train one first (python train.py ...) or pass --out_dir")
+    what = f"{path} is not a Dirt checkpoint (a file train.py writes)"
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): {reason[:200]}") from None
-    missing = [k for k in ("model", "model_args", "iter_num") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} is not a Dirt checkpoint (missing {', '.join(missing)})")
+        ckpt = load_tensors(path, device)
+    except Exception as e:  # torch's errors for a cut, damaged or foreign file have no common type
+        raise CheckpointError(f"{what}: {why_unreadable(path, e)}") from None
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{what}: {problem}")
     return ckpt
 
 
+# a checkpoint's keys: those it must have, and the others' types when it has them (type(None): null)
+CHECKPOINT_KEYS = {"model": dict, "model_args": dict, "iter_num": int}
+CHECKPOINT_OPTIONAL = {"optimizer": (dict, list), "best_val_loss": (int, float, type(None)), "config": dict,
+                       "parent": (dict, type(None))}
+
+
+def checkpoint_problem(ckpt, names=None):
+    """What keeps a loaded object from being a checkpoint's dict, in a few words; '' if nothing does. names: what
+    the file calls a key, where it is not the key (an export's config.json)."""
+    name = (names or {}).get
+    if not isinstance(ckpt, dict):
+        return f"it holds an object of type {type(ckpt).__name__}, not a dict"
+    missing = [name(k, k) for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        return f"it has no {', '.join(missing)}"
+    for k, kind in {**CHECKPOINT_KEYS, **CHECKPOINT_OPTIONAL}.items():
+        if k in ckpt and (not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)):
+            return f"its {name(k, k)} is of type {type(ckpt[k]).__name__}"
+    if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in ckpt["model"].items()):
+        return f"its {name('model', 'model')} is not a dict of named tensors"
+    if not all(isinstance(k, str) for k in ckpt["model_args"]):
+        return f"its {name('model_args', 'model_args')} are not named settings"
+    return ""
+
+
 def model_config(model_args, path):
-    """A checkpoint's model_args -> GPTConfig; an unknown or invalid one is a CheckpointError naming it."""
+    """A checkpoint's model_args -> GPTConfig; an unknown, mistyped or invalid one is a CheckpointError naming it."""
     from dataclasses import fields
 
-    unknown = sorted(set(model_args) - {f.name for f in fields(GPTConfig)})
+    known = {f.name: type(f.default) for f in fields(GPTConfig)}
+    unknown = sorted(set(model_args) - set(known))
     if unknown:
         raise CheckpointError(f"{path} has model settings this model.py does not know ({', '.join(unknown)}); "
                               "it was written by another version of Dirt")
+    for k, v in model_args.items():  # a float where an int belongs would build a model that fails later
+        if not (type(v) is known[k] or known[k] is float and type(v) is int):
+            raise CheckpointError(f"{path} has invalid model settings: {k} is {v!r}, not of type {known[k].__name__}")
     try:
         return GPTConfig(**model_args)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise CheckpointError(f"{path} has invalid model settings: {e}") from None
 
 
@@ -443,6 +496,9 @@ def model_config(model_args, path):
 
 EXPORT_FORMAT = "dirt-model-v1"
 EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"
+# a checkpoint's keys as config.json names them (the weights, "model" of a checkpoint, are model.safetensors)
+EXPORT_NAMES = {"model": EXPORT_WEIGHTS, "model_args": '"model"', "iter_num": '"iter_num"',
+                "best_val_loss": '"val_loss"', "config": '"training"', "parent": '"parent"'}
 
 
 def find_model(path):
@@ -462,15 +518,18 @@ def find_model(path):
 
 def read_export(folder, device="cpu"):
     """An exported folder -> the dict a checkpoint is (model, model_args, iter_num, best_val_loss, config, parent),
-    without its optimizer. Nothing in it is unpickled: config.json and safetensors."""
+    without its optimizer. Nothing in it is unpickled: config.json and safetensors. CheckpointError (one line)
+    naming the file that is wrong."""
     config_path, weights_path = os.path.join(folder, EXPORT_CONFIG), os.path.join(folder, EXPORT_WEIGHTS)
+    what = f"{config_path} is not a Dirt model's config.json (format {EXPORT_FORMAT}, export.py writes it)"
     try:
         with open(config_path, encoding="utf-8") as f:
             card = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {config_path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(card, dict) or card.get("format") != EXPORT_FORMAT or not isinstance(card.get("model"), dict):
-        raise CheckpointError(f"{config_path} is not a Dirt model's config.json (format {EXPORT_FORMAT})")
+    except Exception as e:  # not JSON, not text, nested past the parser's depth, unreadable
+        reason = e.strerror if isinstance(e, OSError) else (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"{what}: cannot read it ({reason})") from None
+    if not isinstance(card, dict) or card.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{what}: it has no \"format\": \"{EXPORT_FORMAT}\"")
     try:
         from safetensors.torch import load_file
     except ImportError:
@@ -478,10 +537,15 @@ def read_export(folder, device="cpu"):
     try:
         state = load_file(weights_path, device=str(device))
     except Exception as e:  # missing, truncated, or not safetensors: their errors have no common type
-        raise CheckpointError(f"cannot read {weights_path} (missing, truncated or corrupt?): "
-                              f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
-    return {"model": state, "model_args": card["model"], "iter_num": card.get("iter_num", 0),
+        reason = "it is missing" if not os.path.exists(weights_path) else why_unreadable(weights_path, e)
+        raise CheckpointError(f"{weights_path} is not the weights export.py writes (safetensors): {reason}") from None
+    ckpt = {"model": state, "model_args": card.get("model"), "iter_num": card.get("iter_num", 0),
             "best_val_loss": card.get("val_loss"), "config": card.get("training", {}), "parent": card.get("parent")}
+    ckpt = {k: v for k, v in ckpt.items() if v is not None or k in ("best_val_loss", "parent")}
+    problem = checkpoint_problem(ckpt, EXPORT_NAMES)
+    if problem:
+        raise CheckpointError(f"{what}: {problem}")
+    return ckpt
 
 
 def read_model(path, device="cpu"):
@@ -495,10 +559,9 @@ def load_model(path, device="cpu"):
     Raises CheckpointError with a one-line reason."""
     ckpt = read_model(path, device)
     model = GPT(model_config(ckpt["model_args"], path))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match the model: {str(e).splitlines()[0]}") from None
+    problems = load_exactly(model, ckpt["model"])
+    if problems:
+        raise CheckpointError(f"{path} does not match the model its settings describe: {problems}")
     return model.to(device).eval(), ckpt
 
 

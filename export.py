@@ -21,8 +21,10 @@ import os
 import shutil
 from dataclasses import asdict
 
+from codec import CODEC_REPO, PRESET, SAMPLE_RATE, TOKENS_PER_SECOND
 from common import DTYPES, atomic_write, fail
-from data import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, CheckpointError, find_model, load_model, read_meta
+from data import (EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, CheckpointError, find_model, load_model, read_meta,
+                  split_problem)
 from generate import Sampling
 
 # -----------------------------------------------------------------------------
@@ -53,10 +55,10 @@ def model_card(checkpoint, evals, meta):
     cfg = checkpoint["model_args"]
     lines = [f"# {os.path.basename(os.path.abspath(export_dir))}", "",
              "A Dirt text-to-speech model: one decoder-only Transformer that reads the UTF-8 "
-             "bytes of a text and writes [Stable Codec](https://huggingface.co/stabilityai/stable-codec-speech-16k) "
-             "tokens (`stable-codec-speech-16k`, post-hoc bottleneck `1x46656_400bps`, 25 tokens per second, 16 kHz "
-             "mono). Turning them into audio needs that codec's weights, which are gated: accept their licence on "
-             "the codec's page.", ""]
+             f"bytes of a text and writes [Stable Codec](https://huggingface.co/{CODEC_REPO}) tokens "
+             f"(`{CODEC_REPO.split('/')[1]}`, post-hoc bottleneck `{PRESET}`, {TOKENS_PER_SECOND} tokens per second, "
+             f"{SAMPLE_RATE // 1000} kHz mono). Turning them into audio needs that codec's weights, which are gated: "
+             "accept their licence on the codec's page.", ""]
     if synthetic:
         lines += ["Trained on Dirt's built-in synthetic corpus: a toy that checks the machinery, not speech.", ""]
     lines += ["## Model", "", f"{cfg.get('n_layer')} layers, width {cfg.get('n_embd')}, {cfg.get('n_head')} heads, "
@@ -64,26 +66,43 @@ def model_card(checkpoint, evals, meta):
               f"({dtype}).", "", "## Training", ""]
     data = f"`{training.get('dataset', '?')}`"
     if meta:
-        splits = meta.get("splits", {})
-        hours = sum(s.get("audio_tokens", 0) for s in splits.values()) / meta.get("tokens_per_second", 25) / 3600
+        splits = {name: s for name, s in meta["splits"].items() if not split_problem(s)}  # as Shards reads them
+        per_second = meta.get("tokens_per_second", TOKENS_PER_SECOND)  # checked by read_meta
+        hours = sum(s.get("audio_tokens", 0) for s in splits.values()) / per_second / 3600
         data += f" ({splits.get('train', {}).get('utterances', 0):,} training utterances, {hours:.1f} h in all)"
     lines += [f"- data: {data}", f"- steps: {checkpoint['iter_num']:,}",
-              f"- val loss: {checkpoint['best_val_loss']:.4f}" if checkpoint.get("best_val_loss") is not None else
-              "- val loss: not recorded"]
+              f"- val loss: {loss_text(checkpoint.get('best_val_loss'))}"]
     parent = checkpoint.get("parent")
-    if parent:
-        lines.append(f"- fine-tuned from `{parent['path']}` (step {parent['iter_num']:,}, val loss "
-                     f"{parent['val_loss']:.4f})")
+    if parent:  # a checkpoint's or config.json's own words: shown as they are, whatever their type
+        lines.append(f"- fine-tuned from `{parent.get('path')}` (step {parent.get('iter_num')}, val loss "
+                     f"{loss_text(parent.get('val_loss'))})")
     lines.append("")
     for mode, scores in evals.items():
         lines += [f"## Evaluation ({mode})", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        lines += [f"| {k} | {v} |" for k, v in scores.items() if type(v) in (int, float)]
         lines.append("")
     lines += ["## Sampling", "", "```sh", f"hf download {name} --local-dir {os.path.basename(name)}",
               f'python sample.py --out_dir={os.path.basename(name)} --text="Call me tomorrow."', "```", "",
-              "in a clone of Dirt, with the codec installed for audio (see its docs/real-speech.md). Sampling defaults: "
-              + ", ".join(f"{k}={v}" for k, v in asdict(Sampling()).items()) + ".", ""]
-    return "\n".join(header + lines)
+              "in a clone of Dirt, with the codec installed for audio (see its docs/real-speech.md). Sampling "
+              "defaults: " + ", ".join(f"{k}={v}" for k, v in asdict(Sampling()).items()) + ".", ""]
+    return "\n".join(header + lines + licence_lines(synthetic))
+
+
+def loss_text(loss):
+    return f"{loss:.4f}" if type(loss) in (int, float) else "not recorded"
+
+
+def licence_lines(synthetic):
+    """The card's licence section: the weights', the code's, and the codec's, which is not this model's to give."""
+    data = ("Dirt's built-in synthetic corpus (ids in Stable Codec's vocabulary, made without the codec)" if synthetic
+            else "the exporter's own speech data, encoded as Stable Codec tokens")
+    codec_use = "turn the tokens into audio" + ("" if synthetic else " (and made the training tokens from speech)")
+    return ["## Licence", "",
+            f"- The weights: `{license}` (this card's header, set by export.py --license), trained on {data}; "
+            "that data's terms apply to them too.",
+            "- The code that trains and runs them, Dirt, is under the MIT licence.",
+            f"- The Stable Codec weights that {codec_use} are under Stability AI's own licence, on "
+            f"[the codec's page](https://huggingface.co/{CODEC_REPO}).", ""]
 
 
 if not export_dir:
@@ -104,7 +123,7 @@ def earlier_export(path):
     try:
         with open(os.path.join(path, EXPORT_CONFIG)) as f:
             return json.load(f).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
+    except Exception:  # unreadable, not JSON, not an object: not an export
         return False
 
 
@@ -123,11 +142,14 @@ evals = {}
 for path in sorted(glob.glob(os.path.join(folder, "eval_*.json"))):
     try:
         with open(path) as f:
-            evals[os.path.basename(path)[5:-5]] = json.load(f)
-    except (OSError, ValueError):
-        print(f"note: {path} is not readable JSON; the card leaves it out")
+            scores = json.load(f)
+        if not isinstance(scores, dict):
+            raise ValueError("not an object")
+        evals[os.path.basename(path)[5:-5]] = scores
+    except Exception:  # unreadable, not JSON, not eval.py's object of scores
+        print(f"note: {path} is not eval.py's JSON; the card leaves it out")
 training = checkpoint.get("config", {})
-data_dir = training.get("data_dir") or os.path.join("data", training.get("dataset", ""))
+data_dir = str(training.get("data_dir") or os.path.join("data", str(training.get("dataset", ""))))
 try:
     meta = read_meta(data_dir) if training.get("dataset") else None
 except (OSError, ValueError):

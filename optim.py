@@ -42,9 +42,9 @@ def adamw(groups, learning_rate, betas, device_type):
 
 def reuse_table_grad(table):
     """
-    The input table's gradient (46976 rows, 48 MB at 256 wide) in buffers kept from step to step, on a CPU. Freshly
-    allocated each step, as autograd does, it costs ~20 ms of page faults at 4 x 256 (more than its zeroing and the
-    AdamW update of every row together; docs/results.md). The lookup then gives its rows (sparse=True) and hooks add
+    The input table's gradient (a row per token of the vocabulary: 48 MB at 256 wide) in buffers kept from step to
+    step, on a CPU. Freshly allocated each step, as autograd does, its page faults cost more than its zeroing and the
+    AdamW update of every row together (docs/results.md). The lookup then gives its rows (sparse=True) and hooks add
     them into a zeroed buffer: the same values, bit for bit, as the dense backward, under gradient accumulation too
     (a later micro-step's rows are summed apart and then added, as autograd sums two dense gradients). The table
     must be looked up once per forward (two sparse gradients would be joined before the sum), and a DDP reducer

@@ -20,7 +20,7 @@ from itertools import islice, repeat
 
 import numpy as np
 
-from common import atomic_write, fail
+from common import atomic_write, fail, why_unreadable
 from corpora import Skip, Utterance
 from data import SplitWriter
 
@@ -41,21 +41,36 @@ def save_part(path, items, results, seconds):
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def part_info(path):
-    """A part's metadata, its tokens left unread (an .npz member is read only when asked for)."""
-    with np.load(path) as part:
-        return json.loads(part["info"].tobytes())
+def load_part(path, tokens=False):
+    """A part's metadata (and, with tokens=True, its lengths and tokens; an .npz member is read only when asked
+    for), checked against each other; a part that is not one save_part wrote is a one-line error naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as part:
+            info = json.loads(part["info"].tobytes())
+            lengths, data = (part["lengths"], part["tokens"]) if tokens else (None, None)
+        items, skipped = info["items"], info["skipped"]
+        kept = [item for item, skip in zip(items, skipped) if skip is None]  # id, name and text of each: strings
+        ok = (len(items) == len(skipped) and float(info["seconds"]) >= 0 and all(len(item) == 4 for item in items)
+              and all(len(skip) == 3 for skip in skipped if skip is not None)
+              and all(isinstance(x, str) for item in kept for x in item[:3]))
+        if tokens:
+            ok = ok and lengths.ndim == 1 and len(lengths) == skipped.count(None) and (lengths >= 0).all() \
+                and lengths.sum() == len(data)
+        if not ok:
+            raise ValueError("its entries do not fit together")
+    except Exception as e:  # a part a crash or a disk damaged: deleted, its chunk is encoded again
+        fail(f"{path} is not a part prepare.py writes ({why_unreadable(path, e)}); delete it and run the same "
+             "command again to redo its chunk")
+    return (info, lengths, data) if tokens else info
 
 
 def part_seconds(path):
-    return part_info(path)["seconds"]
+    return load_part(path)["seconds"]
 
 
 def read_part(path):
     """-> [(Utterance without audio, token array or Skip)]"""
-    with np.load(path) as part:
-        info = json.loads(part["info"].tobytes())
-        lengths, tokens = part["lengths"], part["tokens"]
+    info, lengths, tokens = load_part(path, tokens=True)
     rows = iter(np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else [])
     return [(Utterance(uid, None, name, text, spk), Skip(*s) if s else next(rows))
             for (uid, name, text, spk), s in zip(info["items"], info["skipped"])]
@@ -74,7 +89,7 @@ def plan_merge(paths, val_fraction, planned=None):
     seen, splits, skipped, duplicates, speakers, kept_ids = set(), [], [], [], set(), []
     n_val, lowest, highest = 0, None, None  # (hash, part, position) of the kept ids with the lowest and highest hash
     for c, (path, ids) in enumerate(zip(paths, repeat(None) if planned is None else planned)):
-        info = part_info(path)
+        info = load_part(path)
         if ids is not None and [item[0] for item in info["items"]] != ids:
             fail(f"{path} belongs to another plan; delete {os.path.dirname(path)} and run again")
         split = np.full(len(info["items"]), DROP, dtype=np.int8)

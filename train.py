@@ -40,9 +40,10 @@ from torch.distributed import destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codec import CKPT_PATH, CONFIG_PATH, SAMPLE_RATE
-from common import DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops, init_distributed
+from common import (DTYPES, check_device, default_device, default_dtype, fail, gpu_peak_flops, init_distributed,
+                    load_exactly)
 from data import (CheckpointError, Shards, get_batch, get_packed_batch, length_sorted_rows, load_checkpoint,
-                  read_model, save_checkpoint)
+                  model_config, read_model, save_checkpoint)
 from model import GPT, PAD, GPTConfig
 from optim import OPTIMIZERS, configure_optimizers
 
@@ -113,20 +114,25 @@ if init_from != "scratch":
     ckpt_from = os.path.join(out_dir, "ckpt.pt") if init_from == "resume" else init_from
     try:
         checkpoint = (load_checkpoint if init_from == "resume" else read_model)(ckpt_from)
+        model_config(checkpoint["model_args"], ckpt_from)  # every setting known, of its type and in its range
     except CheckpointError as e:
         fail(str(e))
+    if init_from == "resume" and "optimizer" not in checkpoint:
+        fail(f"{ckpt_from} has no optimizer state to resume with; fine-tune from it instead "
+             f"(--init_from={ckpt_from} and a new --out_dir)")
     # it keeps its shape: a model setting a config file or flag did not set is the checkpoint's (one older than a
     # setting was trained with its default); one that was set must agree. Dropout may change.
     saved = {f.name: checkpoint["model_args"].get(f.name, f.default) for f in fields(GPTConfig)}
-    unknown = sorted(set(checkpoint["model_args"]) - set(saved))
-    if unknown:
-        fail(f"{ckpt_from} has model settings this model.py does not know ({', '.join(unknown)})")
     for k in saved:
         if k in _overridden and k != "dropout" and saved[k] != model_args[k]:  # noqa: F821 (configurator.py's)
             fail(f"--{k}={model_args[k]!r} differs from {saved[k]!r} in {ckpt_from}; a model keeps its shape when it "
                  f"{'resumes' if init_from == 'resume' else 'is fine-tuned'}: drop the setting, or train from scratch")
         if k != "dropout":
             model_args[k] = config[k] = globals()[k] = saved[k]
+    if init_from == "resume" and "freeze_layers" not in _overridden:  # noqa: F821  frozen as they were
+        freeze_layers = config["freeze_layers"] = checkpoint.get("config", {}).get("freeze_layers", 0)
+        if type(freeze_layers) is not int:
+            fail(f"{ckpt_from} has freeze_layers={freeze_layers!r} in its config, not a number of layers")
 try:
     GPTConfig(**model_args)
     check_device(device, dtype)
@@ -261,26 +267,24 @@ if master_process:  # how much of each row is padding
 iter_num, best_val_loss, lineage = 0, 1e9, None  # lineage: the model fine-tuned from, and its own, for checkpoints
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if init_from == "resume":
-    iter_num, best_val_loss, lineage = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint.get("parent")
-    if "freeze_layers" not in _overridden:  # noqa: F821  a fine-tuned run resumes with its layers frozen as they were
-        freeze_layers = config["freeze_layers"] = checkpoint.get("config", {}).get("freeze_layers", 0)
+    iter_num, lineage = checkpoint["iter_num"], checkpoint.get("parent")
+    best_val_loss = 1e9 if checkpoint.get("best_val_loss") is None else checkpoint["best_val_loss"]
     if master_process:
         print(f"resuming from {ckpt_path} at iteration {iter_num}")
 elif checkpoint is not None:  # fine-tuning: the parent's weights, a fresh optimizer, iteration 0 of this schedule
     lineage = {"path": os.path.abspath(init_from), "iter_num": checkpoint["iter_num"],
-               "val_loss": checkpoint["best_val_loss"], "parent": checkpoint.get("parent")}
+               "val_loss": checkpoint.get("best_val_loss"), "parent": checkpoint.get("parent")}
     if master_process:
-        print(f"fine-tuning {init_from} (iteration {checkpoint['iter_num']}, val loss {checkpoint['best_val_loss']})"
+        print(f"fine-tuning {init_from} (iteration {checkpoint['iter_num']}, val loss {lineage['val_loss']})"
               + (f", its embeddings and first {freeze_layers} blocks frozen" if freeze_layers else ""))
 torch.manual_seed(seed)
 gptconf = GPTConfig(**model_args)
 model = GPT(gptconf)
 model.activation_checkpointing = activation_checkpointing
 if checkpoint is not None:
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        fail(f"{ckpt_from} does not match its own model settings: {str(e).splitlines()[0]}")
+    problems = load_exactly(model, checkpoint["model"])
+    if problems:
+        fail(f"{ckpt_from} does not match its own model settings: {problems}")
 if freeze_layers:  # no gradients, so no optimizer state either: the frozen part stays exactly the parent's
     for module in (model.wte, model.coarse_embed, model.fine_embed, *model.blocks[:freeze_layers]):
         module.requires_grad_(False)
@@ -298,8 +302,9 @@ if init_from == "resume":
     try:
         for opt, state in zip(optimizers, states):
             opt.load_state_dict(state)
-    except (ValueError, KeyError, TypeError) as e:
-        fail(f"{ckpt_path}: its optimizer state does not fit this model ({str(e).splitlines()[0]}); train anew")
+    except Exception as e:  # torch's errors for a state of another shape or layout have no common type
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        fail(f"{ckpt_path}: its optimizer state does not fit this model ({reason}); train anew")
 checkpoint = None  # free memory
 
 raw_model = model

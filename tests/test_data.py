@@ -268,6 +268,13 @@ def test_each_corruption_is_one_line_naming_the_file(tmp_path, cause):
     (b'{"format": "dirt-shards-v2"}', 'meta.json has no "splits" object'),
     (b'{"format": "dirt-shards-v9", "splits": {}}', "meta.json has format 'dirt-shards-v9'"),
     (b'{"format": "dirt-shards-v2", "splits": {"train": {}}}', "meta.json lists no 'val' split"),
+    (b'{"format": "dirt-shards-v2", "splits": {"val": 5}}', "meta.json: its 'val' split is a JSON int, not an object"),
+    (b'{"format": "dirt-shards-v2", "splits": {"val": {"utterances": "10"}}}',
+     "meta.json: its 'val' split has utterances '10', not a count"),
+    (b'{"format": "dirt-shards-v2", "splits": {"val": {"sha256": []}}}', 'its \'val\' split has a "sha256" that is not'),
+    (b'{"format": "dirt-shards-v2", "splits": {}, "speakers": "abc"}', 'meta.json has "speakers" that are not a list'),
+    (b'{"format": "dirt-shards-v2", "splits": {}, "tokens_per_second": 0}', "meta.json has tokens_per_second 0"),
+    (b"[" * 100_000, "meta.json is not valid JSON (maximum recursion depth"),
 ])
 def test_meta_json_errors_name_it(tmp_path, meta, needle):
     (small_corpus(tmp_path) / "meta.json").write_bytes(meta)

@@ -36,6 +36,9 @@ def test_export_writes_config_weights_and_a_model_card(exported):
     readme = (folder / "fp32" / "README.md").read_text()
     assert readme.startswith("---\nlicense: other\nlanguage:\n- en\n") and "pipeline_tag: text-to-speech" in readme
     assert "## Evaluation (synthetic)" in readme and "| cer |" in readme and "stable-codec-speech-16k" in readme
+    licence = readme[readme.index("## Licence"):]  # the weights', the code's and the codec's, each said
+    assert "`other`" in licence and "Dirt, is under the MIT licence" in licence
+    assert "Stability AI's own licence" in licence and "huggingface.co/stabilityai/stable-codec-speech-16k" in licence
     weights = [os.path.getsize(folder / d / "model.safetensors") for d in ("fp32", "bf16")]
     assert weights[1] < 0.51 * weights[0]  # bfloat16: half the bytes
     assert weights[0] < 0.5 * os.path.getsize(os.path.join(out_dir, "ckpt.pt"))  # no optimizer state
@@ -107,7 +110,8 @@ def test_export_and_fine_tuning_mistakes_are_one_line(exported, tmp_path):
         (("export.py", f"--out_dir={out_dir}", f"--export_dir={tmp_path}/fake/config.json", "--overwrite=True"),
          "is a file"),
         (("export.py", f"--out_dir={out_dir}", f"--export_dir={tmp_path}/x", "--dtype=float16"), "--dtype=float16"),
-        (("sample.py", f"--out_dir={tmp_path}/fake", "--text=hi"), "cannot read"),
+        (("sample.py", f"--out_dir={tmp_path}/fake", "--text=hi"),
+         "model.safetensors is not the weights export.py writes (safetensors): it is truncated or corrupt"),
         (("sample.py", f"--out_dir={tmp_path}", "--text=hi"), "no model in"),
         (("train.py", CONFIG, *TINY, f"--init_from={folder}/fp32", "--n_embd=32", f"--out_dir={tmp_path}/o"),
          "--n_embd=32 differs from 64"),
