@@ -151,13 +151,17 @@ def load_audio(path, sr=SAMPLE_RATE, format=None):
             for frame in f.decode(audio=0):
                 chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(frame)]
         chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]  # flush
-    except Exception as e:  # FFmpeg's errors for a file that is not audio
-        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except Exception as e:  # FFmpeg's errors for a file that is not audio (or is not there)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else ''
+        raise ValueError(why or type(e).__name__) from None
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
+SILENCE_DB = -60.0  # a clip quieter than this (RMS, dB full scale) is silent: prepare.py skips it, a voice refuses it
+
+
 def rms_db(x):
-    """Loudness of a clip as RMS in dB full scale (-200 for digital silence): what counts as silent is below -60."""
+    """Loudness of a clip as RMS in dB full scale (-200 for digital silence): silent below SILENCE_DB."""
     return 10 * math.log10(max(float(np.mean(np.square(x, dtype=np.float64))), 1e-20))
 
 # -----------------------------------------------------------------------------

@@ -109,6 +109,21 @@ def skip_summary(reasons):
 # reading model files: nothing in them runs, and whatever is wrong with one is said in a few words of our own
 
 
+@contextmanager
+def native_stderr_quiet():
+    """Hold back what C libraries write to stderr (file descriptor 2), for a single-threaded read whose failure is
+    reported as one line anyway: libmpg123 prints its resync notes for any file that merely looks like MP3."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def load_tensors(path, device="cpu"):
     """torch.load for every pickle Dirt reads: weights_only, so a file that would run code is refused before any of
     it runs, and torch's warnings kept back (one about an odd pickle protocol advises turning weights_only off)."""

@@ -77,7 +77,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 
-from codec import CKPT_PATH, CONFIG_PATH, TOKENS_PER_SECOND
+from codec import CKPT_PATH, CONFIG_PATH, SILENCE_DB, TOKENS_PER_SECOND
 from common import atomic_write, check_device, fail, init_distributed, skip_line, skip_summary
 from data import write_meta, write_split
 from synthetic import SyntheticSpeech, synthetic_corpus
@@ -103,7 +103,7 @@ audio_ext = ""  # tar: the audio member, by extension: the first of e.g. "mp3,fl
 min_seconds = 0.5
 max_seconds = 30.0
 max_text_bytes = 1000  # UTF-8 bytes
-silence_db = -60.0  # skip audio with an RMS below this (dB full scale), where the codec's loudness norm stops
+silence_db = SILENCE_DB  # skip audio with an RMS below this (dB full scale), where the codec's loudness norm stops
 val_fraction = 0.01  # utterances in the val split, chosen by a hash of their id (at least one)
 codec_config = CONFIG_PATH
 codec_ckpt = CKPT_PATH  # '' = random weights (a test fixture, see above)

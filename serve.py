@@ -31,8 +31,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecUnavailable,
-                   StreamingDecoder, pcm16)
+from codec import (CKPT_PATH, CONFIG_PATH, SAMPLE_RATE, TOKENS_PER_SECOND, Codec, CodecCheckpointError,
+                   CodecUnavailable, StreamingDecoder, pcm16)
 from common import DTYPES, check_device, default_device, default_dtype, fail
 from data import CheckpointError, load_model
 from generate import Sampling
@@ -496,7 +496,7 @@ if __name__ == "__main__":
             try:
                 CODEC = Codec(codec_config, codec_ckpt or None, device)
             except CodecUnavailable as e:
-                if audio == "yes" or not SYNTHETIC:
+                if audio == "yes" or not SYNTHETIC or isinstance(e, CodecCheckpointError):  # a bad file: say so
                     raise ValueError(f"{e} (or --audio=no to serve tokens only)") from None
                 print(f"note: tokens only, no audio: {e}")
         VOICES = load_voices(voices, lambda: CODEC if CODEC else Codec(codec_config, codec_ckpt or None, device))

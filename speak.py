@@ -15,7 +15,8 @@ import re
 import numpy as np
 import torch
 
-from codec import SAMPLE_RATE, TOKENS_PER_SECOND, load_audio, rms_db
+from codec import SAMPLE_RATE, SILENCE_DB, TOKENS_PER_SECOND, load_audio, rms_db
+from common import load_array, native_stderr_quiet
 from generate import Sampling, generate, stream, token_logprobs
 from model import EOA, N_AUDIO, make_prompt, text_to_tokens
 
@@ -366,12 +367,10 @@ def load_voice(path, transcript, codec_loader, ids=False):
     if ids:
         not_ids = f"{path} is not a .npy array of integer codec ids (np.save of the ids sample.py writes)"
         try:
-            audio = np.load(path, allow_pickle=False)  # never unpickle: a .npy of an object array is refused
-        except OSError as e:
-            raise ValueError(f"{path} cannot be read: {e.strerror or e}") from None
-        except (ValueError, EOFError):  # not a .npy, or a pickle (whose message advises loading it unsafely)
-            raise ValueError(not_ids) from None
-        if not isinstance(audio, np.ndarray) or audio.dtype.kind not in "iu":
+            audio = load_array(path)  # never unpickled; any failure is a one-line reason
+        except ValueError as e:
+            raise ValueError(f"{not_ids}: {e}") from None
+        if audio.dtype.kind not in "iu":
             raise ValueError(not_ids)
         if audio.ndim != 1:
             raise ValueError(f"{path} holds an array of shape {audio.shape}: give one recording's ids, a 1-D array "
@@ -381,12 +380,13 @@ def load_voice(path, transcript, codec_loader, ids=False):
             raise ValueError(f"{path} must hold Stable Codec ids 0..{N_AUDIO - 1}")
         return transcript.strip().encode(), audio
     try:
-        wav = load_audio(path)
+        with native_stderr_quiet():  # callers read voices before any other thread starts
+            wav = load_audio(path)
     except ValueError as e:
         raise ValueError(f"{path} cannot be read: {e}") from None
     if len(wav) < 0.5 * SAMPLE_RATE:
         raise ValueError(f"{path} is shorter than 0.5 s; use 3 to 10 s of clean speech")
-    if not np.isfinite(wav).all() or rms_db(wav) < -60:  # where prepare.py's silence_db skips a clip
+    if not np.isfinite(wav).all() or rms_db(wav) < SILENCE_DB:
         raise ValueError(f"{path} is silent (or not finite); use 3 to 10 s of clean speech")
     tokens, lengths = codec_loader().encode([wav], [SAMPLE_RATE])
     return transcript.strip().encode(), tokens[0, : int(lengths[0])].cpu().numpy()
