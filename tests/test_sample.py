@@ -61,6 +61,7 @@ def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sen
     assert len(calls) == 1 and calls[0][1] == [None, None]  # each text whole, in one batch, nothing anchored
     assert sorted(len(p) for p in calls[0][0]) == [len(b"Come here. Go now.") + 1, len(sentence) + 1]
 
+    torch.manual_seed(0)  # its random weights, whatever ran before
     anchored = GPT(GPTConfig(**{**model.config.__dict__, "align_audio_pos": True, "anchor_continuations": True}))
     calls.clear()
     out = synthesize(anchored.eval(), [b"Come here. Go now.", b"One more."], Sampling(max_seconds=1, temperature=1.0))
