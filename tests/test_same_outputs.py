@@ -51,6 +51,7 @@ def test_sampling_gives_the_recorded_tokens(case):
     assert [o.tolist() for o in out] == recorded  # long text (chunked), voice, guidance, best_of: token for token
 
 
+@pytest.mark.slow
 def test_training_gives_the_recorded_loss_curve(tmp_path):
     with open(os.path.join(FIXTURES, "golden_train.json")) as f:
         recorded = json.load(f)
