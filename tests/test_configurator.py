@@ -104,7 +104,8 @@ def test_config_file_errors_are_one_line_naming_the_line(tmp_path, script, conte
     one_line_error(proc, f"error: {tmp_path / 'cfg.py'} line", *needles)
 
 
-@pytest.mark.parametrize("file_keys", [True, pytest.param(False, marks=pytest.mark.slow)])  # False: torch for the error
+# False ends in an error, whose one line (common.fail) imports torch: seconds
+@pytest.mark.parametrize("file_keys", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_file_keys_take_only_those_settings_from_a_config_file(tmp_path, file_keys):
     (tmp_path / "cfg.py").write_text("import math\nn_layer = 4\nn_head = n_layer * 2\nlearning_rate = 1.0\n"
                                      "weight_decay = 0.1\n")
