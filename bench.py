@@ -9,6 +9,7 @@ the hardware allows. nanoGPT's bench.py, for a TTS model: what matters is decode
     python bench.py config/train_small.py --threads=1            # a small CPU shared with other work (see below)
     python bench.py --ckpt=out-synthetic/ckpt.pt                 # a trained model's shape and weights
     python bench.py --n_layer=2 --n_head=2 --n_embd=64 --block_size=128 --prompt_len=16 --new_tokens=16
+    python bench.py --mode=serve --ckpt=out-synthetic            # serve.py: 32 clients against one at a time
 
 A config file is a training recipe: bench takes only the model from it (every model.GPTConfig field, so it times
 exactly the model the recipe trains) and ignores its training settings. --key=value flags override any setting
@@ -38,21 +39,35 @@ requirement). Each row:
 (--nanogpt=CHECKOUT: nanoGPT's step at the same trunk dims too, the steps interleaved):
     step_ms, tokens_per_s, peak memory (CUDA: max allocated; CPU: the process's max RSS), and MFU from
     GPT.estimate_mfu over a peak FLOP/s looked up by GPU name, or on a CPU MEASURED with a large matmul.
-The LAST line printed is one JSON object with every figure; its step figures are batch 1's, and batch_n holds the
-same keys for --batch_size.
+--mode=serve starts serve.py in a subprocess on a free port of 127.0.0.1 with --ckpt's model (the sampling settings
+are its defaults, --serve_args more of its flags) and sends it a mix of requests (serve_mix: texts of 1 to 3
+sentences, client c in the server's voice c mod n, a seed each, one answer in 8 a WAV when it has a codec): all of
+them one at a time on one connection, then from --clients clients at once, each sending its --requests_per_client
+one after another; --runs times, interleaved. It prints the tokens/s of both and their ratio (what joining the
+running batch buys), latency under load, and how many answers differ from the same request's answer alone (0: each
+samples from its own seed). tests/test_serve.py checks that every answer is right; the ratio is measured here.
+The LAST line printed is one JSON object with every figure; in sample mode its step figures are batch 1's, and
+batch_n holds the same keys for --batch_size.
 
 On a CPU every figure moves with the machine's load (printed, and in the JSON). On a small machine shared with other
 processes, OpenMP threads that spin-wait for each other can make a step several times slower: compare --threads=1
 with the default, and try OMP_WAIT_POLICY=PASSIVE in the environment.
 """
 
+import concurrent.futures
 import copy
+import http.client
 import importlib.util
 import json
 import os
+import re
 import resource
+import shlex
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, fields
 
@@ -134,7 +149,8 @@ def matmul_flops(device, dtype, sync, n=1024, reps=10):
     return 2 * n**3 / min(timed(lambda: a @ b, sync, reps))
 
 
-def device_name(device):
+def device_name(device, threads=None):
+    """The GPU's name, or the CPU's with the threads torch uses (this process's, or those given)."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
     name = "cpu"
@@ -143,7 +159,7 @@ def device_name(device):
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name} ({torch.get_num_threads()} threads)"
+    return f"{name} ({threads or torch.get_num_threads()} threads)"
 
 
 def peak_memory_bytes(device):
@@ -362,16 +378,167 @@ def bench_train(model, batch, seq_len, prompt_len, steps, warmup, compile_, ptdt
 
 
 # -----------------------------------------------------------------------------
+# serve mode
+
+# the mix's texts: 1 to 3 short sentences, each short enough to be spoken whole, not in chunks, by a small model (the
+# tests' tiny one, with a voice prompt: it has not learned to continue speech)
+SERVE_TEXTS = ("Go.", "Call me tomorrow.", "The rain stopped.", "Sit down. Come back.", "We met at the old station.")
+
+
+def serve_mix(clients, per_client, voices, audio, **fields):
+    """The requests of the serving benchmark, per client: client c's r-th request says SERVE_TEXTS[(c + r) % 5] in
+    voices[c % len(voices)] with seed 100 c + r (its answer is the same alone or under load), answered as a WAV one
+    time in 8 when the server has a codec (audio), else as tokens; fields: more request fields (temperature, ...)."""
+    return [[{"input": SERVE_TEXTS[(c + r) % len(SERVE_TEXTS)], "voice": voices[c % len(voices)], "seed": 100 * c + r,
+              "response_format": "wav" if audio and (c + r) % 8 == 0 else "tokens", **fields}
+             for r in range(per_client)] for c in range(clients)]
+
+
+def ask_in_turn(address, bodies, timeout):
+    """One client: each body POSTed to /v1/audio/speech after the last is answered, on one keep-alive connection (as
+    OpenAI's client keeps one). -> [(seconds, status, tokens (X-Dirt-Tokens; 0 if none), answer bytes)]"""
+    connection = http.client.HTTPConnection(address, timeout=timeout)
+    answers = []
+    try:
+        for body in bodies:
+            t0 = time.perf_counter()
+            connection.request("POST", "/v1/audio/speech", json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            data = response.read()
+            answers.append((time.perf_counter() - t0, response.status, int(response.getheader("X-Dirt-Tokens", 0)),
+                            data))
+    finally:
+        connection.close()
+    return answers
+
+
+def serve_round(address, mix, together, timeout):
+    """Every request of mix (serve_mix's): one at a time on one connection, or (together) each client on its own
+    thread, all at once, each sending its requests in turn. -> (seconds, the answers in mix's order)."""
+    t0 = time.perf_counter()
+    if together:
+        with concurrent.futures.ThreadPoolExecutor(len(mix)) as pool:
+            answers = [a for client in pool.map(lambda bodies: ask_in_turn(address, bodies, timeout), mix)
+                       for a in client]
+    else:
+        answers = ask_in_turn(address, [body for bodies in mix for body in bodies], timeout)
+    return time.perf_counter() - t0, answers
+
+
+def start_server(args, log_path, timeout):
+    """serve.py (args: its flags) in a subprocess, on a free port of 127.0.0.1, its output in log_path; waits until
+    /health answers. -> (process, "127.0.0.1:port", /health's JSON). RuntimeError with its last line if it ends."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py"),
+                                 *args, "--host=127.0.0.1", f"--port={port}"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        connection = http.client.HTTPConnection(f"127.0.0.1:{port}", timeout=10)
+        try:
+            connection.request("GET", "/health")
+            return proc, f"127.0.0.1:{port}", json.loads(connection.getresponse().read())
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            connection.close()
+    stop_server(proc)
+    with open(log_path) as f:
+        last = (f.read().strip().splitlines() or [f"no answer in {timeout} s"])[-1]
+    raise RuntimeError(f"serve.py did not start: {last.removeprefix('error: ')}")
+
+
+def serve_report(ckpt, serve_args, sampling, device, dtype, threads, clients, per_client, runs, warmup, timeout=600):
+    """serve.py with ckpt's model (sampling: its defaults for a request; serve_args: more of its flags) on loopback,
+    timed by bench_serve with clients x per_client requests of the mix; prints the figures. -> the JSON report."""
+    flags = [f"--ckpt={ckpt}", f"--device={device}", f"--dtype={dtype}", *([f"--threads={threads}"] if threads else []),
+             *(f"--{k}={v}" for k, v in asdict(sampling).items()), *shlex.split(serve_args)]
+    with tempfile.TemporaryDirectory() as folder:
+        log_path = os.path.join(folder, "serve.log")
+        proc, address, health = start_server(flags, log_path, timeout)
+        try:
+            mix = serve_mix(clients, per_client, health["voices"], health["codec"])
+            for _ in range(warmup):  # untimed: client 0's requests, one at a time
+                ask_in_turn(address, mix[0], timeout)
+            r = bench_serve(address, mix, runs, timeout)
+        finally:
+            stop_server(proc)
+            with open(log_path) as f:
+                found = re.search(r"CPU threads: (\d+)", f.read())  # its start-up line
+    served_by = int(found[1]) if found else None
+    report = {"mode": "serve", "device": device_name(device, served_by), "dtype": dtype, "threads": served_by,
+              "load_1min": os.getloadavg()[0],
+              "ckpt": ckpt, "serve_args": serve_args, "sampling": asdict(sampling), "voices": health["voices"],
+              "codec": health["codec"], "clients": clients, "requests_per_client": per_client, **r}
+    print(f"serve: {ckpt} on {report['device']}, load average {report['load_1min']:.2f}; {r['requests']} requests "
+          f"({clients} clients x {per_client}; voices {', '.join(health['voices'])}; "
+          f"{'one in 8 as WAV' if health['codec'] else 'tokens only'}), {r['tokens'] // runs} tokens; runs: {runs}")
+    print(f"one at a time: {r['alone_tokens_per_s']:.0f} tokens/s, latency p50 {r['alone_latency_p50_s']:.3f} s")
+    print(f"{clients} clients at once: {r['together_tokens_per_s']:.0f} tokens/s, latency p50 {r['latency_p50_s']:.3f} "
+          f"s, p95 {r['latency_p95_s']:.3f} s: {r['speedup']:.2f}x the tokens/s of one at a time (rounds: "
+          + ", ".join(f"{x:.2f}x" for x in r["speedups"]) + ")")
+    print(f"{r['stopped_short']} of {r['requests']} said the model stopped their text short (500); "
+          f"{r['mismatched']} answers differed from the same request's first answer one at a time")
+    return report
+
+
+def stop_server(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench_serve(address, mix, runs, timeout):
+    """
+    runs rounds of mix (serve_mix's), each one at a time and then together (interleaved: both see the same load on
+    the machine). Each answer is checked against the first round's one at a time: the same status and tokens, and a
+    tokens answer the same bytes (a WAV is those tokens decoded: equal up to float order). An answer other than 200
+    or 500 (a text the model stopped short, said so) is a RuntimeError. -> the figures, totals over the rounds.
+    """
+    bodies = [body for client in mix for body in client]
+    seconds, latency, speedups, mismatched, first = {False: 0.0, True: 0.0}, {False: [], True: []}, [], 0, None
+    for _ in range(runs):
+        taken = {}
+        for together in (False, True):
+            taken[together], answers = serve_round(address, mix, together, timeout)
+            failed = [(body, a) for body, a in zip(bodies, answers) if a[1] not in (200, 500)]
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {len(bodies)} requests failed, the first {failed[0][0]}: "
+                                   f"{failed[0][1][1]} {failed[0][1][3][:300].decode(errors='replace')}")
+            seconds[together] += taken[together]
+            latency[together] += [a[0] for a in answers]
+            first = first or answers
+            mismatched += sum(a[1:3] != b[1:3] or (body["response_format"] == "tokens" and a[3] != b[3])
+                              for a, b, body in zip(answers, first, bodies))
+        speedups.append(taken[False] / taken[True])
+    tokens = runs * sum(a[2] for a in first)
+    under_load = sorted(latency[True])
+    return {"requests": len(bodies), "runs": runs, "tokens": tokens, "stopped_short": sum(a[1] == 500 for a in first),
+            "mismatched": mismatched, "alone_s": seconds[False], "together_s": seconds[True],
+            "alone_tokens_per_s": tokens / seconds[False], "together_tokens_per_s": tokens / seconds[True],
+            "speedup": seconds[False] / seconds[True], "speedups": speedups,
+            "latency_p50_s": statistics.median(under_load), "latency_p95_s": under_load[int(0.95 * len(under_load))],
+            "alone_latency_p50_s": statistics.median(latency[False])}
+
+
+# -----------------------------------------------------------------------------
 
 
 if __name__ == "__main__":
     # -----------------------------------------------------------------------------
-    mode = "sample"  # 'sample' or 'train'
-    ckpt = ""  # a checkpoint to take the shape and weights from; default: random weights of the shape below
+    mode = "sample"  # 'sample', 'train' or 'serve' (serve.py in a subprocess, on loopback: its tokens/s under load)
+    # a checkpoint (or out_dir, or exported folder) to take the shape and weights from; default: random weights of the
+    # shape below. serve: the model to serve (required)
+    ckpt = ""
     # the model: every field of model.GPTConfig; a config file (a training recipe) sets these and nothing else
     globals().update({f.name: f.default for f in fields(GPTConfig)})
     _file_keys = [f.name for f in fields(GPTConfig)]
-    # how to sample (generate.Sampling, as sample.py); the decode step is timed with these
+    # how to sample (generate.Sampling, as sample.py); the decode step is timed with these (serve: serve.py's defaults)
     globals().update(Sampling.defaults())
     globals().update(Quantization.defaults())  # quantize: the weights of the main rows (batch 1 and batch_size)
     # sample: at batch 1, side by side with the main row, interleaved: dtype eager and compiled (with --compile=True),
@@ -388,18 +555,27 @@ if __name__ == "__main__":
     device = default_device()
     dtype = default_dtype()
     compile = False  # torch.compile: the decode step (CUDA graphs on a GPU) or the training model
-    threads = 0  # CPU threads for torch; 0 = torch's default (one per core)
+    threads = 0  # CPU threads for torch; 0 = torch's default (one per core; serve: serve.py's, one fewer)
     peak_flops = 0.0  # train mode: the device's peak FLOP/s; 0 = by GPU name, or measured on a CPU
     # train mode: a nanoGPT checkout (its model.py) whose train step is timed too, taking turns with Dirt's, at the
     # same trunk dims with a nanogpt_vocab-way head (the peer for the trunk's speed; not part of Dirt)
     nanogpt = ""
     nanogpt_vocab = 65  # its shakespeare_char vocabulary
+    # serve mode: runs rounds of a mix of requests (texts of 1 to 3 sentences, client c in the server's voice c mod n,
+    # one answer in 8 a WAV when it has a codec), sent one at a time, then by this many clients at once, each sending
+    # its requests one after another; warmup: client 0's requests first, untimed
+    clients = 32
+    requests_per_client = 4
+    serve_args = ""  # more serve.py flags, e.g. "--voices=voices --max_batch=16"
     seed = 1337
     # -----------------------------------------------------------------------------
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     # -----------------------------------------------------------------------------
-    if mode not in ("sample", "train"):
-        fail(f"mode must be 'sample' or 'train', not {mode!r}")
+    if mode not in ("sample", "train", "serve"):
+        fail(f"mode must be 'sample', 'train' or 'serve', not {mode!r}")
+    if mode == "serve" and not ckpt:
+        fail("--mode=serve needs --ckpt: the model to serve (a training run's out_dir, a checkpoint or an exported "
+             "folder)")
     if nanogpt and not os.path.isfile(os.path.join(nanogpt, "model.py")):
         fail(f"--nanogpt={nanogpt} has no model.py: give a nanoGPT checkout (git clone "
              "https://github.com/karpathy/nanoGPT)")
@@ -410,16 +586,27 @@ if __name__ == "__main__":
         shape = GPTConfig(**{f.name: globals()[f.name] for f in fields(GPTConfig)})
     except ValueError as e:
         fail(str(e))
+    if mode == "serve" and (compile or quantize):
+        fail("--mode=serve times serve.py as it runs: --compile and --quantize are not serve.py settings")
     limits = {"prompt_len": (prompt_len >= 2, ">= 2"), "new_tokens": (new_tokens >= 2, ">= 2"),
               "runs": (runs >= 1, ">= 1"), "warmup": (warmup >= 0, ">= 0"),
               "batch_size": (batch_size >= 0, ">= 0 (0 = the mode's default)"),
               "threads": (threads >= 0, ">= 0 (0 = torch's default)"),
-              "bandwidth_mb": (bandwidth_mb >= 0, ">= 0 (0 = the device's default)")}
+              "bandwidth_mb": (bandwidth_mb >= 0, ">= 0 (0 = the device's default)"),
+              "clients": (clients >= 1, ">= 1"), "requests_per_client": (requests_per_client >= 1, ">= 1")}
     for name, (ok, allowed) in limits.items():
         if not ok:
             fail(f"--{name}={globals()[name]!r} is out of range: use {allowed}")
     if threads:
         torch.set_num_threads(threads)
+    if mode == "serve":  # serve.py loads the model, in its own process: nothing is built here
+        try:
+            report = serve_report(ckpt, serve_args, sampling, device, dtype, threads, clients, requests_per_client,
+                                  runs, warmup)
+        except (RuntimeError, OSError) as e:
+            fail(f"--mode=serve: {e}")
+        print(json.dumps(report))
+        sys.exit(0)
     cuda = device.startswith("cuda")
     ptdtype = DTYPES[dtype]
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)

@@ -7,6 +7,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+# The tests in this process run tiny models: one thread is as fast, gives the same float order on every machine (the
+# pinned outputs), and spares OpenMP's spin-waits on a core shared with other work (seconds a test). The scripts the
+# tests start keep their own default; OMP_NUM_THREADS, when set, decides for both.
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=192", "--batch_size=8", "--eval_iters=2",

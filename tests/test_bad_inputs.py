@@ -15,6 +15,8 @@ import torch
 
 from conftest import ROOT, TINY, run_many
 
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
+
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 
 

@@ -1,9 +1,12 @@
-"""bench.py: both modes run on a tiny model and end with one JSON line; the roofline's byte count is a hand count."""
+"""bench.py: each mode runs on a tiny model and ends with one JSON line; the roofline's byte count is a hand count."""
 
+import importlib.util
 import json
+import os
 
+import numpy as np
 import pytest
-from conftest import run
+from conftest import ROOT, run
 
 from bench import decode_bytes
 from model import GPT, GPTConfig
@@ -29,6 +32,7 @@ def test_decode_bytes_is_the_hand_count():
     assert decode_bytes(model, 1, 10, 4) < model.wte.weight.numel() * 4 / 20
 
 
+@pytest.mark.slow
 def test_sample_mode_takes_a_config_files_shape_and_ends_with_json(tmp_path):
     config = tmp_path / "recipe.py"
     config.write_text("out_dir = 'x'\nlearning_rate = 1e-3\nbatch_size = 32\ncompile = True\n"
@@ -60,6 +64,7 @@ def test_sample_mode_takes_a_config_files_shape_and_ends_with_json(tmp_path):
     assert "roofline" in proc.stdout and "tokens/s" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_mode_ends_with_json(tmp_path):
     proc = run("bench.py", "--mode=train", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64",
                "--batch_size=2", *FAST, cwd=tmp_path)
@@ -101,6 +106,7 @@ class GPT(nn.Module):
 """
 
 
+@pytest.mark.slow
 def test_train_mode_times_a_nanogpt_checkout_side_by_side(tmp_path):
     (tmp_path / "nanogpt").mkdir()
     (tmp_path / "nanogpt" / "model.py").write_text(NANOGPT_STANDIN)
@@ -112,6 +118,7 @@ def test_train_mode_times_a_nanogpt_checkout_side_by_side(tmp_path):
     assert "nanogpt (vocab 11, same trunk dims)" in proc.stdout and "x its tokens/s" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--mode=fly"], "mode must be"),
     (["--block_size=64", "--prompt_len=60", "--new_tokens=10"], "exceeds block_size"),
@@ -121,3 +128,29 @@ def test_bad_settings_get_one_line_errors(tmp_path, args, message):
     proc = run("bench.py", "--n_layer=1", "--n_head=2", "--n_embd=32", *args, cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr
 
+
+
+@pytest.mark.slow
+def test_serve_mode_times_the_mix_alone_and_together_and_ends_with_json(trained, tmp_path):
+    """serve.py started, timed and stopped by bench.py: the mix (a voice, a WAV in 8 through the stand-in codec) one
+    at a time and from 4 clients at once, twice; every answer under load its answer alone."""
+    missing = [m for m in ("fastapi", "uvicorn", "stable_codec") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: bash setup.sh")
+    _, out_dir = trained
+    (tmp_path / "voices").mkdir()
+    np.save(tmp_path / "voices" / "anna.npy", np.arange(15) * 11)
+    (tmp_path / "voices" / "anna.txt").write_text("Tell me now.")
+    codec = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
+    serve_args = f"--serve_args=--voices=voices --codec_config={codec} --codec_ckpt="
+    proc = run("bench.py", "--mode=serve", f"--ckpt={out_dir}", "--clients=4", "--requests_per_client=2", "--runs=2",
+               "--max_seconds=2", "--temperature=0", serve_args, cwd=tmp_path)
+    r = last_json(proc)
+    assert r["mode"] == "serve" and r["voices"] == ["default", "anna"] and r["codec"] and r["threads"] >= 1
+    assert (r["clients"], r["requests_per_client"], r["requests"], r["runs"], len(r["speedups"])) == (4, 2, 8, 2, 2)
+    assert r["tokens"] > 0 and r["mismatched"] == 0 and r["sampling"]["temperature"] == 0
+    assert r["alone_tokens_per_s"] == pytest.approx(r["tokens"] / r["alone_s"])
+    assert r["together_tokens_per_s"] == pytest.approx(r["tokens"] / r["together_s"])
+    assert r["speedup"] == pytest.approx(r["alone_s"] / r["together_s"])
+    assert 0 < r["latency_p50_s"] <= r["latency_p95_s"]
+    assert "4 clients at once" in proc.stdout and "x the tokens/s of one at a time" in proc.stdout

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ROOT, one_line_error, run, run_many
 
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
+
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 
 

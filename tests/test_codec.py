@@ -24,6 +24,8 @@ from test_cli import one_line_error
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import codec  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
+
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), 'fixtures', 'tiny_stable_codec_config.json')
 needs_stable_codec = pytest.mark.skipif(importlib.util.find_spec('stable_codec') is None,
                                         reason=f'stable_codec not installed ({codec.INSTALL})')

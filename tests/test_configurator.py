@@ -2,6 +2,8 @@
 
 import json
 import os
+import runpy
+import sys
 import textwrap
 
 import pytest
@@ -21,12 +23,18 @@ from conftest import ROOT, one_line_error, run
     ("prepare.py", ["--help"], ["  workers = 4  # processes (per rank) reading, decoding and resampling audio ahead of the codec; 0 = in this one\n"]),
     ("export.py", ["--help"], ["  export_dir = ''  # the folder to write (required)"]),
 ])
-def test_help_lists_every_setting(tmp_path, script, args, needles):
-    proc = run(script, *args, cwd=tmp_path)
-    assert proc.stderr == "" and "Overriding" not in proc.stdout and not os.listdir(tmp_path)
+def test_help_lists_every_setting(tmp_path, script, args, needles, monkeypatch, capfd):
+    """Each script's --help, run in this process as `python script ...` runs it (runpy): a fresh process for each
+    would spend seconds importing torch; tests/test_readme.py runs `python train.py --help` as a user does."""
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, script), *args])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    stdout, stderr = capfd.readouterr()
+    assert ended.value.code in (0, None) and stderr == "" and "Overriding" not in stdout and not os.listdir(tmp_path)
     for needle in needles:
-        assert needle in proc.stdout
-    settings = proc.stdout.split("\nsettings (")[1]
+        assert needle in stdout
+    settings = stdout.split("\nsettings (")[1]
     assert "TOP_P" not in settings and "PAD" not in settings  # ALL_CAPS constants are not settings
     assert script == "export.py" or ("  seed = 1337\n" in settings and "  device = " in settings)
 
@@ -79,6 +87,7 @@ def test_help_takes_injected_settings_comments_from_the_dataclass(tmp_path):
     assert max(len(line) for line in proc.stdout.splitlines()) <= 120
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,content,needles", [
     ("train.py", "learning_rate = 1e-3\nbatch_size = 1 // 0\n", ["line 2: ZeroDivisionError: "]),
     ("fake", "n_layer = 4\nn_head = (\n", ["line 2: SyntaxError: '(' was never closed"]),
@@ -95,7 +104,8 @@ def test_config_file_errors_are_one_line_naming_the_line(tmp_path, script, conte
     one_line_error(proc, f"error: {tmp_path / 'cfg.py'} line", *needles)
 
 
-@pytest.mark.parametrize("file_keys", [True, False])
+# False ends in an error, whose one line (common.fail) imports torch: seconds
+@pytest.mark.parametrize("file_keys", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_file_keys_take_only_those_settings_from_a_config_file(tmp_path, file_keys):
     (tmp_path / "cfg.py").write_text("import math\nn_layer = 4\nn_head = n_layer * 2\nlearning_rate = 1.0\n"
                                      "weight_decay = 0.1\n")

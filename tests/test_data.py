@@ -12,6 +12,8 @@ from data import (CorpusError, Shards, get_batch, get_packed_batch, length_sorte
 from synthetic import SyntheticSpeech, synthetic_corpus
 from model import EOA, N_AUDIO, PAD, SOA, TEXT_OFFSET
 
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
+
 
 def test_shard_round_trip(tmp_path):
     utts = [("héllo".encode(), np.array([0, 46655, 7]), 1), (b"", np.array([], dtype=np.int64), -1),

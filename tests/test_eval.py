@@ -23,6 +23,8 @@ from conftest import ROOT, one_line_error, run
 sys.path.insert(0, ROOT)
 import speech_metrics as sm  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
+
 TINY_CODEC = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
 FIXTURE_CODEC = [f"--codec_config={TINY_CODEC}", "--codec_ckpt="]
 HAVE = sm.available()

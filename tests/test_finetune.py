@@ -13,6 +13,8 @@ from data import load_model
 from generate import Sampling
 from speak import synthesize
 
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
+
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 
 

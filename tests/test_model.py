@@ -1,5 +1,5 @@
-"""model.py, generate.py and optim.py: shapes, causal masking, packed rows, activation checkpointing, the KV cache,
-batching and sampling, the optimizers."""
+"""model.py, generate.py and optim.py: shapes, causal masking, RoPE and RMSNorm, packed rows, activation
+checkpointing, the KV cache, batching and sampling, the optimizers."""
 
 import itertools
 import math
@@ -11,7 +11,7 @@ import torch
 import generate as generate_module
 from generate import Sampling, decode_and_sample, decode_one_token, generate, pick, prefill, sample_audio_token
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
-from model import packed_layout, stream_positions, text_to_tokens
+from model import RMSNorm, apply_rope, packed_layout, rope_tables, stream_positions, text_to_tokens
 from optim import Muon, adamw, configure_optimizers
 
 
@@ -80,6 +80,46 @@ def test_causal_masking():
     a, b = model(x), model(x2)
     torch.testing.assert_close(a[:, :10], b[:, :10])
     assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_rope_is_the_pairwise_rotation_bit_for_bit():
+    x = torch.randn(2, 5, 3, 8)
+    pos = torch.rand(2, 5) * 100
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+    angles = pos[..., None] * inv_freq
+    cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # the rotation as it was written before: split, rotate, stack
+    expected = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    assert torch.equal(apply_rope(x, *rope_tables(pos, inv_freq)), expected)
+
+
+def test_compiled_ropes_partners_are_the_swapped_pairs(monkeypatch):
+    """The form a compiled graph takes (neighbours on either side), run eagerly: the same values and gradients."""
+    x = torch.randn(2, 5, 3, 8, requires_grad=True)
+    tables = rope_tables(torch.rand(2, 5) * 100, 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8))
+    g = torch.randn(2, 5, 3, 8)
+    y = apply_rope(x, *tables)
+    dx = torch.autograd.grad(y, x, g)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    y2 = apply_rope(x, *tables)
+    assert torch.equal(y, y2) and torch.equal(dx[0], torch.autograd.grad(y2, x, g)[0])
+
+
+def test_rmsnorm_has_nn_rmsnorms_outputs_and_gradients():
+    torch.manual_seed(0)
+    ours, theirs = RMSNorm(16), torch.nn.RMSNorm(16)
+    with torch.no_grad():
+        ours.weight.normal_()
+        theirs.weight.copy_(ours.weight)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    g = torch.randn(3, 5, 16)
+    grads = []
+    for norm in (ours, theirs):
+        y = norm(x)
+        grads.append((y,) + torch.autograd.grad(y, (x, norm.weight), g))
+    assert torch.equal(grads[0][0], grads[1][0])  # the same forward bits: greedy tokens and losses stay
+    for a, b in zip(grads[0][1:], grads[1][1:]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"tie_weights": True, "qk_norm": False},

@@ -26,6 +26,7 @@ from data import Shards  # noqa: E402
 sf = pytest.importorskip("soundfile")
 soxr = pytest.importorskip("soxr")
 pytestmark = [
+    pytest.mark.slow,  # the whole file: see pytest.ini
     pytest.mark.skipif(shutil.which("flite") is None, reason="needs flite: apt-get install flite"),
     pytest.mark.skipif(importlib.util.find_spec("stable_codec") is None,
                        reason="needs stable_codec: pip install --no-deps -r requirements-codec.txt"),

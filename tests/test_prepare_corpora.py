@@ -33,6 +33,7 @@ import speech_metrics as sm  # noqa: E402
 ASTERISK = sm.available()["asterisk"]
 
 pytestmark = [
+    pytest.mark.slow,  # the whole file: see pytest.ini
     pytest.mark.skipif(ASTERISK is not None, reason=str(ASTERISK)),
     pytest.mark.skipif(importlib.util.find_spec("stable_codec") is None,
                        reason="needs stable_codec: pip install --no-deps -r requirements-codec.txt"),

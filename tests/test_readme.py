@@ -48,7 +48,8 @@ SHORTEN = {
     "export.py": [],
     "serve.py": [],  # its commands serve until stopped: marked, and run by tests/test_serve.py instead
     "bench.py": ["--runs=1", "--warmup=0", "--prompt_len=8", "--new_tokens=8", "--threads=1", "--bandwidth_mb=32",
-                 "--n_layer=1", "--n_head=2", "--n_kv_head=2", "--n_embd=64", "--block_size=64"],
+                 "--n_layer=1", "--n_head=2", "--n_kv_head=2", "--n_embd=64", "--block_size=64",
+                 "--clients=2", "--requests_per_client=2", "--max_seconds=2"],  # --mode=serve: 4 short requests
 }
 INPUTS = {"lines.txt": "Call me tomorrow.\nThe rain stopped before noon.\n"}
 KEEP_OUT = {".git", ".venv", "data", "samples", "__pycache__", ".pytest_cache"}  # made by runs, or not the repo's
@@ -197,6 +198,7 @@ def folder(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", TO_RUN, ids=[f"{c.page}:{c.line}" for c in TO_RUN])
 def test_command(command, folder):
     try:

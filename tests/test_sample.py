@@ -27,6 +27,7 @@ def test_split_text_keeps_sentences_and_characters_whole():
     assert chunks[0] == b"Hello there."
 
 
+@pytest.mark.slow
 def test_long_text_is_chunked_and_joined(trained, monkeypatch):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
@@ -52,6 +53,7 @@ def recording(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sentence(trained, monkeypatch):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
@@ -74,6 +76,7 @@ def test_a_text_that_fits_is_one_chunk_and_anchored_models_speak_sentence_by_sen
     assert len(first_audio) > 0 and np.array_equal(out[0][:len(first_audio)], first_audio)
 
 
+@pytest.mark.slow
 def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_one(trained, monkeypatch):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
@@ -101,6 +104,7 @@ def test_a_chunk_after_one_too_long_to_prompt_it_keeps_the_voice_of_an_earlier_o
     assert bytes((p3[0][:len(b" Go now. Sit.")] - TEXT_OFFSET).tolist()) == b" Go now. Sit."
 
 
+@pytest.mark.slow
 def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained, monkeypatch):
     t = torch.tensor
     assert most_likely([[t([-0.1, -5.0, -0.1])], [t([-1.0, -1.0, -1.0, -1.0])]], weakest=1) == 1
@@ -145,6 +149,7 @@ def test_best_of_keeps_the_sample_whose_weakest_tokens_are_most_likely(trained, 
     first = first + model.fine_logits(h[:1], o[:1] // 216).log_softmax(-1)[0, int(o[0]) % 216]
     assert torch.allclose(scores[0][0][0], first, atol=1e-5) and len(scores[0][0]) == len(o)
 
+@pytest.mark.slow
 def test_guidance_and_voice_prompt_run_in_one_batch(trained):
     _, out_dir = trained
     model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
@@ -159,6 +164,7 @@ def test_guidance_and_voice_prompt_run_in_one_batch(trained):
         synthesize(model, texts[:1], voices=[(b"long", np.zeros(400, dtype=np.int64))])
 
 
+@pytest.mark.slow
 def test_each_text_samples_from_its_own_seed_whatever_its_batch_mates(trained, tmp_path):
     """Text i of a batch draws from its own stream, seeded seed + i, through its chunks and its best_of samples (cfg
     draws nothing more): sampled beside others it says what it says alone with that seed."""
@@ -186,6 +192,7 @@ def test_each_text_samples_from_its_own_seed_whatever_its_batch_mates(trained, t
     assert np.array_equal(both[1], np.load(tmp_path / "second" / "000.npy"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1.0),
                                       dict(temperature=1.0, cfg_scale=1.5)])
 def test_texts_that_join_a_running_batch_and_stream_say_what_they_say_alone(trained, settings):
@@ -217,6 +224,7 @@ def test_texts_that_join_a_running_batch_and_stream_say_what_they_say_alone(trai
     assert len(out) == 5 and not later  # batch_size 3: 2 joined at once, 3 and 4 as rows came free
 
 
+@pytest.mark.slow
 def test_streaming_decoder_is_seamless():
     if importlib.util.find_spec("stable_codec") is None:
         pytest.skip("stable_codec not installed: pip install --no-deps -r requirements-codec.txt")
@@ -236,6 +244,7 @@ def test_streaming_decoder_is_seamless():
     assert np.abs(streamed - whole).max() < 0.02 * np.abs(whole).max()
 
 
+@pytest.mark.slow
 def test_sample_cli_prompt_stream_and_errors(trained, tmp_path):
     work, out_dir = trained
     np.save(tmp_path / "voice.npy", np.arange(15) * 11)
@@ -256,6 +265,7 @@ def test_sample_cli_prompt_stream_and_errors(trained, tmp_path):
         assert proc.returncode == 1 and needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
+@pytest.mark.slow
 def test_sample_writes_wav_and_a_readable_spectrogram(trained, tmp_path):
     if importlib.util.find_spec("stable_codec") is None or importlib.util.find_spec("matplotlib") is None:
         pytest.skip("needs the codec and matplotlib: bash setup.sh")
@@ -272,6 +282,7 @@ def test_sample_writes_wav_and_a_readable_spectrogram(trained, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000  # a drawn spectrogram, not an empty canvas
 
 
+@pytest.mark.slow
 def test_decode_compile_options_exist_in_this_torch(monkeypatch):
     """The CUDA settings of the compiled step (no GPU here) are options this torch knows: torch.compile checks them
     when it wraps the function, and an unknown one (a renamed inductor setting after an upgrade) raises."""
@@ -289,6 +300,7 @@ def test_decode_compile_options_exist_in_this_torch(monkeypatch):
         torch.compile(decode_and_sample, options={**options, "triton.no_such_setting": True})
 
 
+@pytest.mark.slow
 def test_compiled_decode_step_speaks_as_the_eager_one(trained):
     """sample.py --compile: torch.compile'd decode_and_sample (a CUDA graph on GPU) must not change the output."""
     from generate import compile_decode_step
@@ -310,6 +322,7 @@ def test_compiled_decode_step_speaks_as_the_eager_one(trained):
         assert len(a) > 0 and np.array_equal(a, b) and np.array_equal(a, c) and ((a >= 0) & (a < 46656)).all()
 
 
+@pytest.mark.slow
 def test_a_chunk_that_comes_back_without_its_speech_is_an_error(trained, monkeypatch):
     """A model that never heard speech continue ends every chunk after the first at once: said, with the fix. A
     chunk that comes back short now and then (a slip) is sampled again."""

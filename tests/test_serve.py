@@ -1,8 +1,8 @@
 """serve.py on loopback, as clients use it: the tiny trained model, the stand-in codec (random weights, not speech),
-the real server in a subprocess. Answers against sample.py's, bad requests, limits, a load test, a real browser."""
+the real server in a subprocess. Answers against sample.py's, bad requests, limits, 32 clients at once (each answered
+as alone; how much faster is bench.py --mode=serve's to measure), a real browser."""
 
 import concurrent.futures
-import http.client
 import importlib.util
 import io
 import json
@@ -21,14 +21,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bench import serve_mix, serve_round
 from conftest import ROOT, one_line_error, run, run_many
+
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
 
 FIXTURE_CODEC = os.path.join(ROOT, "tests", "fixtures", "tiny_stable_codec_config.json")
 VOICE_TEXT = "Tell me now."
-# the load test's texts: 1 to 3 short sentences; a longer one is spoken in chunks (the tiny model's block is 192)
-# short enough to be spoken whole, with or without the voice: this model (trained 40 steps, on single sentences) has
-# not learned to continue speech, so a text spoken in chunks fails (SpeechMissing), as it should
-TEXTS = ["Go.", "Call me tomorrow.", "The rain stopped.", "Sit down. Come back.", "We met at the old station."]
 
 
 def free_port():
@@ -76,6 +75,12 @@ def post(url, body, timeout=60):
         return e.code, e.headers, e.read()
 
 
+def same_audio(a, b):
+    """16-bit audio decoded from the same tokens: the same length, each sample within 2 of the other's (the codec's
+    float sums run in another order under another thread count, and a sample on a rounding edge moves by one)."""
+    return len(a) == len(b) and np.abs(a.astype(np.int32) - b).max(initial=0) <= 2
+
+
 def needs(*modules):
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
@@ -84,16 +89,10 @@ def needs(*modules):
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
-    """
-    The server with the stand-in codec and two named voices (codec ids + transcript; a recording); yields (url, log,
-    folder). DIRT_SERVE_MODEL=<an out_dir> serves that model instead of the session's tiny one, with max_seconds 8:
-    `DIRT_SERVE_MODEL=out-synthetic python -m pytest -q -s tests/test_serve.py -k load_32` gives the main job's
-    figures (docs/serving.md).
-    """
+    """The server with the stand-in codec and two named voices (codec ids + transcript; a recording); yields (url, log,
+    folder)."""
     needs("fastapi", "uvicorn", "stable_codec")
     work, out_dir = trained
-    other = os.environ.get("DIRT_SERVE_MODEL")
-    out_dir = os.path.abspath(other) if other else out_dir
     folder = tmp_path_factory.mktemp("serve")
     (folder / "voices").mkdir()
     np.save(folder / "voices" / "anna.npy", np.arange(15) * 11)
@@ -103,7 +102,7 @@ def server(trained, tmp_path_factory):
     (folder / "voices" / "bob.txt").write_text("Call me tomorrow.")
     log = folder / "server.log"
     proc, url = start(work, out_dir, log, f"--voices={folder / 'voices'}", f"--codec_config={FIXTURE_CODEC}",
-                      "--codec_ckpt=", f"--max_seconds={8 if other else 2}", "--max_chars=300")
+                      "--codec_ckpt=", "--max_seconds=2", "--max_chars=300")
     yield url, log, folder
     stop(proc)
     assert "Traceback" not in log.read_text(), log.read_text()
@@ -114,12 +113,19 @@ def test_answer_is_sample_py_tokens_as_a_wav(server, trained):
 
     url, log, folder = server
     work, out_dir = trained
+    # --threads=0 (the default): one fewer than torch's own count, the core left to the event loop
+    default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                 capture_output=True, text=True, check=True).stdout)
+    assert re.search(rf"^serving .*; CPU threads: {max(1, default - 1)}\)$", log.read_text(), re.M)
+    # sample.py with the server's thread count: the same float sums in the same order, so the same tokens even where
+    # two classes' logits are within a rounding of each other
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, default - 1))}
     codec = Codec(FIXTURE_CODEC, None, "cpu")  # the same random weights as the server's (seeded)
     for voice, flags in [("default", []), ("anna", [f"--prompt_tokens={folder}/voices/anna.npy",
                                                     f"--prompt_text={VOICE_TEXT}"])]:
         text = "Call me tomorrow. It rained."
         run("sample.py", f"--out_dir={out_dir}", f"--text={text}", "--temperature=0", "--seed=5", "--max_seconds=2",
-            f"--output_dir={folder}/{voice}", *flags, cwd=work)
+            f"--output_dir={folder}/{voice}", *flags, cwd=work, env=env)
         expected = np.load(folder / voice / "000.npy")
         body = {"model": "dirt", "input": text, "voice": voice, "temperature": 0, "seed": 5}
         status, headers, data = post(url, {**body, "response_format": "tokens"})
@@ -127,8 +133,8 @@ def test_answer_is_sample_py_tokens_as_a_wav(server, trained):
         status, headers, data = post(url, body)  # wav, the default format
         assert status == 200 and headers["Content-Type"] == "audio/wav"
         assert int(headers["X-Dirt-Tokens"]) == len(expected) > 0
-        wav, sr = sf.read(io.BytesIO(data), dtype="int16")
-        assert sr == 16000 and wav.tobytes() == pcm16(codec.decode([expected])[0])  # exactly those tokens' audio
+        wav, sr = sf.read(io.BytesIO(data), dtype="int16")  # those tokens' audio, as decoded here
+        assert sr == 16000 and same_audio(wav, np.frombuffer(pcm16(codec.decode([expected])[0]), "<i2"))
         status, _, data = post(url, {**body, "response_format": "tokens", "stream": True})
         assert status == 200 and [int(t) for t in data.split()] == expected.tolist()
         status, _, data = post(url, {**body, "stream": True})  # a WAV header, then PCM as it is made
@@ -142,14 +148,10 @@ def test_answer_is_sample_py_tokens_as_a_wav(server, trained):
                                                  {"name": "bob", "transcript": "Call me tomorrow."}]
     status, _, data = post(url, {"input": "Go now.", "voice": "bob", "response_format": "tokens", "seed": 1})
     assert status == 200 and len(json.loads(data)["tokens"]) > 0
-    # --threads=0 (the default): one fewer than torch's own count, the core left to the event loop
-    default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-                                 capture_output=True, text=True, check=True).stdout)
-    assert re.search(rf"^serving .*; CPU threads: {max(1, default - 1)}\)$", log.read_text(), re.M)
     # sampled (the defaults, temperature 0.6): a seed names the answer, sample.py's with that seed
     text = "Sit down here. Come back soon, please."
     run("sample.py", f"--out_dir={out_dir}", f"--text={text}", "--seed=8", "--max_seconds=2",
-        f"--output_dir={folder}/sampled", cwd=work)
+        f"--output_dir={folder}/sampled", cwd=work, env=env)
     expected = np.load(folder / "sampled" / "000.npy")
     status, headers, data = post(url, {"input": text, "seed": 8, "response_format": "tokens"})
     assert status == 200 and headers["X-Dirt-Seed"] == "8" and json.loads(data)["tokens"] == expected.tolist()
@@ -193,29 +195,19 @@ def test_bad_requests_are_quick_json_errors(server):
 
 
 @pytest.mark.parametrize("how", ["greedy", "sampled"])
-def test_load_32_clients_beats_one_at_a_time(server, capsys, how):
-    """32 clients x 4 requests of mixed lengths and voices, each answered with its own tokens, byte for byte what it
-    gets served alone, while /health keeps answering; aggregate tokens/s against the same requests one at a time.
-    greedy, or sampled at the server's defaults with a seed each (its seed, not its batch mates, decides its draws)."""
+def test_32_clients_at_once_each_get_their_own_answer(server, how):
+    """
+    32 clients x 4 requests of mixed lengths and voices (bench.py's serving mix: one in 8 a WAV), all at once, each
+    client's in turn: each answered as the same request one at a time (the same tokens; a WAV their audio), none lost,
+    /health answering throughout, and the requests did share batches. greedy, or sampled at the server's defaults
+    with a seed each (its seed, not its batch mates, decides its draws). The speed-up is a figure, not a test:
+    `python bench.py --mode=serve` (docs/serving.md).
+    """
     url, log, _ = server
-    sampling = {"temperature": 0} if how == "greedy" else {}
-    requests = [{"input": TEXTS[(c + r) % len(TEXTS)], "voice": ["default", "anna"][c % 2], "seed": 100 * c + r,
-                 "response_format": "tokens" if (c + r) % 8 else "wav", **sampling}
-                for c in range(32) for r in range(4)]
-
-    def ask(body, connection):
-        """One request on the client's own keep-alive connection, as OpenAI's client (httpx) keeps one."""
-        t0 = time.time()
-        connection.request("POST", "/v1/audio/speech", json.dumps(body), {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        status, headers, data = response.status, response.headers, response.read()
-        if status == 500:  # this barely trained model sometimes stops a text short when sampled: said, not hidden
-            assert b"ended after" in data and b"Traceback" not in data, data
-            return time.time() - t0, 0, data
-        assert status == 200, data
-        tokens = json.loads(data)["tokens"] if body["response_format"] == "tokens" else int(headers["X-Dirt-Tokens"])
-        return time.time() - t0, tokens, data
-
+    address = url.split("//")[1]
+    mix = serve_mix(32, 4, ["default", "anna"], True, **({"temperature": 0} if how == "greedy" else {}))
+    bodies = [body for client in mix for body in client]
+    _, alone = serve_round(address, mix, False, timeout=60)
     health, stop_polling = [], threading.Event()
 
     def poll():
@@ -224,48 +216,27 @@ def test_load_32_clients_beats_one_at_a_time(server, capsys, how):
             health.append((get(url + "/health")["status"], time.time() - t))
             time.sleep(0.1)
 
-    def client(bodies):
-        connection = http.client.HTTPConnection(url.split("//")[1], timeout=60)
-        try:
-            return [ask(b, connection) for b in bodies]
-        finally:
-            connection.close()
-
-    def together():  # client c sends its 4 requests one after another
-        with concurrent.futures.ThreadPoolExecutor(32) as pool:
-            return [x for c in pool.map(lambda c: client(requests[c * 4:c * 4 + 4]), range(32)) for x in c]
-
     poller = threading.Thread(target=poll)
     poller.start()
-    seconds, rounds = {"alone": 0.0, "together": 0.0}, []
-    for _ in range(2):  # interleaved, so that a neighbour's load on the machine weighs on both alike
-        for name, serve in [("alone", lambda: client(requests)), ("together", together)]:
-            t0 = time.time()
-            answers = serve()
-            seconds[name] += time.time() - t0
-            rounds.append(answers)
-    stop_polling.set()
-    poller.join()
-    for answers in rounds[1:]:
-        for (_, a_tokens, a_data), (_, t_tokens, t_data) in zip(rounds[0], answers):
-            assert t_tokens == a_tokens and t_data == a_data  # its own answer: nothing lost, nothing mixed up
-    failed = sum(t == 0 for _, t, _ in rounds[0])  # the same ones under load: their seeds, not their batch, decide
-    assert failed <= len(requests) // 4, f"{failed} of {len(requests)} requests failed"
-    n = 2 * sum(len(t) if isinstance(t, list) else t for _, t, _ in rounds[0])
-    latency = np.array([x[0] for answers in rounds[1::2] for x in answers])
-    speedup = seconds["alone"] / seconds["together"]
-    with capsys.disabled():
-        print(f"\nload, {how}: 2 x {len(requests)} requests ({failed} said they stopped short), {n} tokens: one at a time "
-              f"{n / seconds['alone']:.0f} tokens/s, "
-              f"32 clients {n / seconds['together']:.0f} tokens/s ({speedup:.1f}x); latency under load p50 "
-              f"{np.percentile(latency, 50):.2f} s p95 {np.percentile(latency, 95):.2f} s (alone p50 "
-              f"{np.median([x[0] for x in rounds[0]]):.3f} s); /health {len(health)} times, slowest "
-              f"{max(h[1] for h in health):.2f} s")
-    assert health and all(s == "ok" and dt < 2 for s, dt in health)
+    try:
+        _, together = serve_round(address, mix, True, timeout=60)
+    finally:
+        stop_polling.set()
+        poller.join()
+    assert len(alone) == len(together) == len(bodies) == 128
+    for body, (_, status, tokens, data), (_, status_alone, tokens_alone, data_alone) in zip(bodies, together, alone):
+        assert (status, tokens) == (status_alone, tokens_alone), body
+        if status == 500:  # this barely trained model sometimes stops a text short when sampled: said, not hidden
+            assert b"ended after" in data and b"Traceback" not in data, data
+        elif body["response_format"] == "tokens":
+            assert status == 200 and data == data_alone, body  # the tokens and what the recogniser hears in them
+        else:
+            wav, wav_alone = (sf.read(io.BytesIO(d), dtype="int16")[0] for d in (data, data_alone))
+            assert status == 200 and tokens > 0 and same_audio(wav, wav_alone), body
+    failed = sum(status == 500 for _, status, _, _ in alone)  # the same under load: their seeds decide
+    assert failed <= len(bodies) // 4, f"{failed} of {len(bodies)} requests failed"
+    assert health and all(s == "ok" and dt < 2 for s, dt in health), health
     assert re.search(r"batch of (1\d|2\d|3[0-2])\b", log.read_text())  # they did share batches
-    # the issue's figure, 4x, held for greedy; sampled rows end at different steps and its ratio moves more with the
-    # shared box's load (4.2x-5.2x in CI's runs, 4.2x on its slowest hour), so 3.5x guards it without flaking
-    assert speedup >= (4 if how == "greedy" else 3.5)
     assert get(url + "/health") == {**get(url + "/health"), "queued": 0, "running": 0}
 
 

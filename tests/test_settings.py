@@ -15,7 +15,9 @@ import generate
 import speak
 import model
 from conftest import ROOT
+from data import write_meta, write_split
 from generate import Sampling
+from synthetic import synthetic_corpus
 
 SETTINGS = dict(temperature=0.9, top_k=7, top_p=0.5, cfg_scale=1.5, best_of=2, max_seconds=3.0)  # none a default
 FLAGS = [f"--{k}={v}" for k, v in SETTINGS.items()]
@@ -43,6 +45,7 @@ def run_until(monkeypatch, module, name, script, *args, cwd=None):
     return seen[0]
 
 
+@pytest.mark.slow
 def test_sample_and_eval_hand_every_sampling_setting_to_synthesize(trained, tmp_path, monkeypatch):
     work, out_dir = trained
     (tmp_path / "lines.jsonl").write_text('{"text": "Call me."}\n')
@@ -65,15 +68,27 @@ def test_bench_times_the_decode_step_with_the_sampling_settings(monkeypatch, tmp
     assert sampling == Sampling(**SETTINGS)
 
 
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """A few synthetic utterances in data/synthetic, written here as prepare.py writes them: all train.py reads before
+    it builds its model (conftest's corpus, made by prepare.py, takes seconds)."""
+    work = tmp_path_factory.mktemp("work")
+    folder = work / "data" / "synthetic"
+    train, val, speakers = synthetic_corpus(0, 20, 4)
+    splits = {"train": write_split(folder, "train", train), "val": write_split(folder, "val", val)}
+    write_meta(folder, {"dataset": "synthetic", "speakers": speakers, "splits": splits})
+    return work
+
+
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))),
                          ids=os.path.basename)
-def test_bench_builds_the_model_a_config_trains(config, corpus, monkeypatch):
+def test_bench_builds_the_model_a_config_trains(config, small_corpus, monkeypatch):
     # --init_from=scratch: a fine-tuning recipe (config/finetune_*.py) names a parent that is not here; from scratch
     # train.py builds the model of the config's own settings, which are the parent's
     (trained_cfg,), _ = run_until(monkeypatch, model, "GPT", "train.py", config, "--device=cpu", "--dtype=float32",
-                                  f"--data_dir={corpus}/data/synthetic", "--init_from=scratch", cwd=corpus)
+                                  f"--data_dir={small_corpus}/data/synthetic", "--init_from=scratch", cwd=small_corpus)
     (benched_cfg,), _ = run_until(monkeypatch, model, "GPT", "bench.py", config, "--device=cpu", "--dtype=float32",
-                                  cwd=corpus)
+                                  cwd=small_corpus)
     assert benched_cfg == trained_cfg
     assert any(getattr(trained_cfg, k) != v for k, v in vars(model.GPTConfig()).items())  # the config's, not defaults
 

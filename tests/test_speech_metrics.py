@@ -106,6 +106,7 @@ def test_asterisk_prompts(prompts):
         assert len(text.split()) >= 4 and not any(c in text for c in '[]()#*'), text
 
 
+@pytest.mark.slow
 @needs('mos', 'asterisk')
 def test_dnsmos_prefers_speech_to_noise(prompts):
     wav = prompts[0][1]
@@ -118,6 +119,7 @@ def test_dnsmos_prefers_speech_to_noise(prompts):
 # speaker similarity: one real speaker against four flite voices reading the same sentence
 
 
+@pytest.mark.slow
 @needs('speaker', 'asterisk')
 @pytest.mark.skipif(shutil.which('flite') is None, reason='flite not installed (apt-get install flite)')
 def test_speaker_similarity_same_above_different(prompts, tmp_path):

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT, TINY, read_log, run
 
+pytestmark = pytest.mark.slow  # the whole file: see pytest.ini
+
 CONFIG = os.path.join(ROOT, "config", "train_synthetic.py")
 
 
