@@ -11,7 +11,8 @@ import torch
 import generate as generate_module
 from generate import Sampling, decode_and_sample, decode_one_token, generate, pick, prefill, sample_audio_token
 from model import EOA, GPT, N_AUDIO, N_COARSE, N_FINE, PAD, SOA, TEXT_OFFSET, VOCAB_SIZE, GPTConfig, make_prompt
-from model import RMSNorm, apply_rope, packed_layout, rope_tables, stream_positions, text_to_tokens
+from layers import RMSNorm
+from model import apply_rope, packed_layout, rope_tables, stream_positions, text_to_tokens
 from optim import Muon, adamw, configure_optimizers
 
 

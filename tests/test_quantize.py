@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from bench import decode_bytes
 from generate import Sampling, compile_decode_step, decode_compile_options, decode_one_token, generate, prefill
-from model import GPT, N_AUDIO, GPTConfig, Linear, make_prompt, matvec, text_to_tokens
+from layers import Linear, matvec
+from model import GPT, N_AUDIO, GPTConfig, make_prompt, text_to_tokens
 from quantize import QuantLinear, Quantization, logits_difference, quantize_model
 
 

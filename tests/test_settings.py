@@ -104,3 +104,17 @@ def test_a_fine_tuning_recipe_has_its_parents_shape(recipe, parent):
         exec(open(os.path.join(ROOT, "config", name)).read(), {}, settings)
         return {f: settings.get(f, d) for f, d in vars(model.GPTConfig()).items() if f != "dropout"}
     assert shape(recipe) == shape(parent)
+
+
+@pytest.mark.parametrize("script,defaults", [("sample.py", {"seed": 4242, "batch_size": 3}), ("eval.py", {"seed": 4242})])
+def test_scripts_take_their_default_seed_from_speak(script, defaults, monkeypatch, capsys):
+    """sample.py's --seed and --batch_size, and eval.py's --seed, are speak.SEED / BATCH_SIZE (synthesize's own
+    defaults), read from there: the default shown by --help moves with them."""
+    monkeypatch.setattr(speak, "SEED", 4242)
+    monkeypatch.setattr(speak, "BATCH_SIZE", 3)
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, script), "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    shown = capsys.readouterr().out
+    for name, value in defaults.items():
+        assert f"  {name} = {value}" in shown, name
