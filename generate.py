@@ -1,8 +1,11 @@
 """
 Generation, in gpt-fast's shape: a preallocated KV cache (model.setup_cache), one `prefill` over the prompt, then a
 small step, `decode_and_sample` (feed a token, sample the next), that `torch.compile` turns into one CUDA graph.
-On top of it: `stream` / `generate` (ragged batches, classifier-free guidance, continuation anchors) and
-`token_logprobs` (teacher-forced scores); speak.py turns texts of any length into speech with them.
+On top of it: `stream` / `generate` (ragged batches, classifier-free guidance, continuation anchors, rows that join
+a running batch at any step) and `token_logprobs` (teacher-forced scores); speak.py turns texts of any length into
+speech with them. Read top to bottom: the settings (Sampling), the step (prefill, decode, sampling), then a running
+batch: `Rows` (each row's random stream, its tokens left, its end) and `Batch` (where each row sits in the KV cache),
+which `stream`'s loop drives.
 
 Every sampling setting lives in one place, the Sampling dataclass below; scripts take their command-line settings
 from its fields and hand one Sampling object down to the step that uses it.
